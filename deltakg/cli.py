@@ -7,6 +7,7 @@ naming the file, line and field (or the argument) and what was expected.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -98,6 +99,94 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ kge
+def _load_kg(args: argparse.Namespace):
+    from kg_data import load_dataset
+
+    return load_dataset(args.dataset, args.data_dir)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from deltakg.kge.training import TrainConfig, train_model
+
+    kg = _load_kg(args)
+    config = TrainConfig(
+        epochs=args.epochs,
+        max_time_minutes=args.max_time,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        encoder_lr=args.encoder_lr,
+        label_smoothing=args.label_smoothing,
+        patience=args.patience or None,
+        val_subset=args.val_subset,
+        pretrain_epochs=args.pretrain_epochs,
+        seed=args.seed,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        precision=args.precision,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+    )
+    # Lightning reports on stdout; keep stdout for the JSON line
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        result = train_model(
+            kg,
+            args.out,
+            encoder=args.encoder,
+            layers=args.layers,
+            max_length=args.max_length,
+            use_text=not args.no_text,
+            config=config,
+        )
+    if result.is_global_zero:
+        payload = {k: v for k, v in result.metrics.items() if k != "config"}
+        payload.update(out=str(result.out), dataset=kg.name)
+        _emit(args, payload, f"model saved to {result.out} (best valid MRR {payload['best_valid_mrr']})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from deltakg.kge.evaluation import FilterIndex, evaluate_ranking
+    from deltakg.kge.model import MaskedEntityModel
+
+    model = MaskedEntityModel.from_pretrained(args.model)
+    kg = _load_kg(args)
+    model.check_vocabulary(kg)
+    if args.split not in kg.splits:
+        raise CommandError(f"--split: dataset {kg.name!r} has no split {args.split!r} (has {', '.join(kg.splits)})")
+    filter_index = None if args.raw else FilterIndex(kg.all_triples(), kg.num_entities)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        result = evaluate_ranking(
+            model.score,
+            kg.splits[args.split],
+            kg.num_entities,
+            filter_index=filter_index,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+    payload = result.to_dict()
+    payload.update(
+        dataset=kg.name, split=args.split, filtered=not args.raw, rank="realistic",
+        queries=int(result.all_ranks().numel()), seconds=time.perf_counter() - started,
+    )
+    rows = [("both", payload)] + [(side, payload[side]) for side in ("head", "tail") if side in payload]
+    text = [f"{kg.name} {args.split} ({'raw' if args.raw else 'filtered'}, realistic ranks)"]
+    text += [
+        f"  {name:<5} MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  H@1 {m['hits@1']:.4f}  H@3 {m['hits@3']:.4f}  "
+        f"H@10 {m['hits@10']:.4f}"
+        for name, m in rows
+    ]
+    _emit(args, payload, "\n".join(text))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``deltakg`` command."""
@@ -112,8 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kg_data.catalog import DATA_ENV, dataset_names
 
     stats = data_cmds.add_parser("stats", help="entity, relation and split counts of a built-in dataset")
-    stats.add_argument("--dataset", required=True, help=f"one of: {', '.join(dataset_names())}")
-    stats.add_argument("--data-dir", default=None, help=f"folder with WN18RR/ or FB15k237/ (default: ${DATA_ENV})")
+    _dataset_args(stats, DATA_ENV, dataset_names())
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=_cmd_data_stats)
 
@@ -122,7 +210,57 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--kind", choices=_CHECK_KINDS, default=None, help="file format (default: from the name)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=_cmd_data_check)
+
+    from deltakg.kge import ENCODER_CHOICES
+
+    train = commands.add_parser("train", help="train a masked-entity KG embedding model (Lightning)")
+    _dataset_args(train, DATA_ENV, dataset_names())
+    train.add_argument("--encoder", default="minilm",
+                       help=f"{' | '.join(ENCODER_CHOICES)} | a local model folder (default: minilm)")
+    train.add_argument("--layers", type=int, default=None, help="keep only the first N encoder layers")
+    train.add_argument("--max-length", type=int, default=64, help="max tokens per query (default 64)")
+    train.add_argument("--no-text", action="store_true", help="entity/relation tokens only, no texts")
+    train.add_argument("--epochs", type=int, default=20, help="max epochs (default 20)")
+    train.add_argument("--max-time", type=float, default=None, metavar="MINUTES", help="stop after this long")
+    train.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
+    train.add_argument("--lr", type=float, default=None, help="learning rate of the new parameters")
+    train.add_argument("--encoder-lr", type=float, default=None, help="learning rate of the encoder")
+    train.add_argument("--label-smoothing", type=float, default=0.1)
+    train.add_argument("--patience", type=int, default=5, help="early stopping on valid MRR (0: off)")
+    train.add_argument("--val-subset", type=int, default=None, help="validate on a fixed random subset")
+    train.add_argument("--pretrain-epochs", type=int, default=0,
+                       help="PT-KGE stage 1: epochs of entity embeddings learned from descriptions")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto")
+    train.add_argument("--devices", default=1, type=_devices, help="devices per node (int or 'auto')")
+    train.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    train.add_argument("--num-nodes", type=int, default=1)
+    train.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed")
+    train.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoints/last.ckpt")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--out", required=True, help="output folder (the saved model, checkpoints, logs)")
+    train.add_argument("--json", action="store_true", help="print one JSON object")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="filtered (or raw) link-prediction metrics of a model")
+    evaluate.add_argument("--model", required=True, help="a folder written by deltakg train")
+    _dataset_args(evaluate, DATA_ENV, dataset_names())
+    evaluate.add_argument("--split", choices=("valid", "test"), default="test")
+    evaluate.add_argument("--raw", action="store_true", help="raw ranks (no filtering of other true answers)")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="queries per batch (default: by memory)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=_cmd_evaluate)
     return parser
+
+
+def _devices(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
+def _dataset_args(parser: argparse.ArgumentParser, env: str, names: list[str]) -> None:
+    parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(names)}")
+    parser.add_argument("--data-dir", default=None, help=f"folder with WN18RR/ or FB15k237/ (default: ${env})")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,121 @@
+"""Masked link-prediction queries as token ids.
+
+Token ids ``< V`` are the base vocabulary; ``V + e`` is entity ``e``'s token and ``V + E + r`` relation
+``r``'s token. Layouts (METHODS.md §1), text parts optional:
+
+- tail query: ``[CLS] [ENT_h] <head text> [SEP] <relation words> [REL_r] [SEP] [MASK] [SEP]``
+- head query: ``[CLS] [MASK] [SEP] <relation words> [REL_r] [SEP] [ENT_t] <tail text> [SEP]``
+
+Texts are tokenised once; a query is assembled from cached id lists and truncated longest-first.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["QueryBuilder", "HEAD", "TAIL", "side_code"]
+
+HEAD, TAIL = 0, 1
+
+
+def side_code(side: str) -> int:
+    """0 for 'head' (the head is hidden), 1 for 'tail'."""
+    if side == "head":
+        return HEAD
+    if side == "tail":
+        return TAIL
+    raise ValueError(f"side must be 'head' or 'tail', got {side!r}")
+
+
+def _fit(a: int, b: int, budget: int) -> tuple[int, int]:
+    # longest-first truncation of two spans to a shared budget, in closed form
+    if a + b <= budget:
+        return a, b
+    if min(a, b) <= budget // 2:
+        return (a, budget - a) if a <= b else (budget - b, b)
+    half = budget // 2
+    return budget - half, half
+
+
+class QueryBuilder:
+    """Builds padded input tensors for head/tail queries over a fixed entity/relation vocabulary."""
+
+    def __init__(
+        self,
+        *,
+        base_vocab_size: int,
+        num_entities: int,
+        cls_id: int,
+        sep_id: int,
+        mask_id: int,
+        pad_id: int,
+        max_length: int = 64,
+        entity_tokens: Sequence[Sequence[int]] | None = None,
+        relation_tokens: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        self.base_vocab_size = base_vocab_size
+        self.num_entities = num_entities
+        self.cls_id, self.sep_id, self.mask_id, self.pad_id = cls_id, sep_id, mask_id, pad_id
+        self.max_length = max_length
+        self.entity_tokens = [list(t) for t in entity_tokens] if entity_tokens is not None else None
+        self.relation_tokens = [list(t) for t in relation_tokens] if relation_tokens is not None else None
+        self._fixed = 7  # CLS, ENT, SEP, REL, SEP, MASK, SEP
+        if max_length < self._fixed:
+            raise ValueError(f"max_length must be at least {self._fixed}, got {max_length}")
+
+    def entity_id(self, entity: int) -> int:
+        """Token id of an entity."""
+        return self.base_vocab_size + entity
+
+    def relation_id(self, relation: int) -> int:
+        """Token id of a relation."""
+        return self.base_vocab_size + self.num_entities + relation
+
+    def _sequence(self, entity: int, relation: int, side: int) -> tuple[list[int], int]:
+        text = self.entity_tokens[entity] if self.entity_tokens is not None else []
+        words = self.relation_tokens[relation] if self.relation_tokens is not None else []
+        n_text, n_words = _fit(len(text), len(words), self.max_length - self._fixed)
+        rel_part = words[:n_words] + [self.relation_id(relation), self.sep_id]
+        ent_part = [self.entity_id(entity)] + text[:n_text]
+        if side == TAIL:
+            ids = [self.cls_id] + ent_part + [self.sep_id] + rel_part + [self.mask_id, self.sep_id]
+            return ids, len(ids) - 2
+        return [self.cls_id, self.mask_id, self.sep_id] + rel_part + ent_part + [self.sep_id], 1
+
+    def build(self, triples: torch.Tensor, sides: torch.Tensor | int) -> dict[str, torch.Tensor]:
+        """Inputs for ``(b, 3)`` id triples; ``sides`` (per row or one for all) says which side is hidden."""
+        rows = triples.tolist()
+        if isinstance(sides, int):
+            side_list = [sides] * len(rows)
+        else:
+            side_list = sides.tolist()
+        seqs, positions = [], []
+        for (h, r, t), side in zip(rows, side_list):
+            ids, pos = self._sequence(h if side == TAIL else t, r, side)
+            seqs.append(ids)
+            positions.append(pos)
+        return self._pad(seqs, positions)
+
+    def _pad(self, seqs: list[list[int]], positions: list[int]) -> dict[str, torch.Tensor]:
+        width = max((len(s) for s in seqs), default=0)
+        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, ids in enumerate(seqs):
+            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[i, : len(ids)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "mask_positions": torch.tensor(positions, dtype=torch.long),
+        }
+
+    def description(self, entities: torch.Tensor, prefix: Sequence[int], suffix: Sequence[int]) -> dict[str, torch.Tensor]:
+        """PT-KGE stage-1 inputs: ``[CLS] <prefix> [MASK] <suffix> <entity text> [SEP]`` per entity."""
+        budget = self.max_length - 3 - len(prefix) - len(suffix)
+        seqs = []
+        for e in entities.tolist():
+            text = (self.entity_tokens[e] if self.entity_tokens is not None else [])[: max(budget, 0)]
+            seqs.append([self.cls_id, *prefix, self.mask_id, *suffix, *text, self.sep_id])
+        return self._pad(seqs, [1 + len(prefix)] * len(seqs))

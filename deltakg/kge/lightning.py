@@ -1,0 +1,218 @@
+"""Lightning shells around :class:`MaskedEntityModel`: link-prediction training and the PT-KGE stage.
+
+The model stays a plain ``nn.Module``; these classes only add the loss, the optimiser, validation
+metrics and the state a resume needs (RNG states, so that a resumed run repeats an uninterrupted one).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from kg_data import KnowledgeGraph
+
+from .evaluation import FilterIndex, compute_ranks
+from .inputs import HEAD, TAIL
+from .model import MaskedEntityModel
+
+__all__ = ["LinkPredictionModule", "DescriptionPretrainingModule", "TripleDataModule", "EpochShuffleSampler"]
+
+
+class _Rows(Dataset):
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.rows[index]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation that depends only on (seed, epoch): a resumed run sees the same order."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class TripleDataModule(pl.LightningDataModule):
+    """Training triples shuffled per epoch, validation triples in order (optionally a fixed subset)."""
+
+    def __init__(
+        self, kg: KnowledgeGraph, *, batch_size: int, eval_batch_size: int, seed: int = 0, val_subset: int | None = None
+    ) -> None:
+        super().__init__()
+        self.kg, self.batch_size, self.eval_batch_size, self.seed = kg, batch_size, eval_batch_size, seed
+        valid = kg.splits.get("valid", torch.empty(0, 3, dtype=torch.long))
+        if val_subset is not None and val_subset < valid.shape[0]:
+            pick = torch.randperm(valid.shape[0], generator=torch.Generator().manual_seed(seed))[:val_subset]
+            valid = valid[pick.sort().values]
+        self.valid = valid
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training triples."""
+        rows = self.kg.train
+        return DataLoader(_Rows(rows), batch_size=self.batch_size, sampler=EpochShuffleSampler(len(rows), self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation triples."""
+        return DataLoader(_Rows(self.valid), batch_size=self.eval_batch_size, shuffle=False)
+
+
+class _RngStateMixin:
+    # checkpoints carry the RNG states so that dropout and sampling continue exactly after a resume
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            np.random.set_state(states["numpy"])
+            random.setstate(states["python"])
+
+
+class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
+    """Cross-entropy over all entities (with label smoothing) for head and tail queries of each triple."""
+
+    def __init__(
+        self,
+        model: MaskedEntityModel,
+        kg: KnowledgeGraph,
+        *,
+        lr: float = 1e-3,
+        encoder_lr: float | None = None,
+        weight_decay: float = 0.01,
+        label_smoothing: float = 0.1,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.lr, self.encoder_lr = lr, encoder_lr if encoder_lr is not None else lr
+        self.weight_decay, self.label_smoothing, self.warmup_steps = weight_decay, label_smoothing, warmup_steps
+        self.filter_index = FilterIndex(kg.all_triples(), kg.num_entities)
+        self.save_hyperparameters(ignore=["model", "kg"])
+        self._val = torch.zeros(5, dtype=torch.float64)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Loss of the head and the tail query of every triple in the batch."""
+        n = batch.shape[0]
+        triples = torch.cat([batch, batch])
+        sides = torch.cat([torch.full((n,), HEAD), torch.full((n,), TAIL)])
+        targets = torch.cat([batch[:, 0], batch[:, 2]])
+        scores = self.model(**self.model.inputs(triples, sides))
+        loss = F.cross_entropy(scores, targets.to(scores.device), label_smoothing=self.label_smoothing)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=2 * n)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = torch.zeros(5, dtype=torch.float64)
+
+    @torch.no_grad()
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """Filtered realistic ranks of the valid triples, both sides, accumulated for the epoch."""
+        for side, column in (("head", 0), ("tail", 2)):
+            scores = self.model.score(batch, side).float()
+            targets = batch[:, column].to(scores.device)
+            scores = self.filter_index.filter_scores(scores, batch.to(scores.device), side)
+            ranks = compute_ranks(scores, targets)["realistic"].double().cpu()
+            self._val += torch.stack(
+                [(1.0 / ranks).sum(), (ranks <= 1).sum(), (ranks <= 3).sum(), (ranks <= 10).sum(),
+                 torch.tensor(float(ranks.numel()), dtype=torch.float64)]
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        totals = self.trainer.strategy.reduce(self._val.to(self.device), reduce_op="sum").cpu()
+        count = max(float(totals[4]), 1.0)
+        metrics = {
+            "valid_mrr": totals[0] / count,
+            "valid_hits@1": totals[1] / count,
+            "valid_hits@3": totals[2] / count,
+            "valid_hits@10": totals[3] / count,
+        }
+        for name, value in metrics.items():
+            self.log(name, float(value), prog_bar=name in ("valid_mrr", "valid_hits@10"), sync_dist=False)
+
+    def configure_optimizers(self):
+        """AdamW; the pretrained encoder may take a smaller learning rate than the new parameters."""
+        encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        encoder_ids = {id(p) for p in encoder_params}
+        new_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        groups = [{"params": new_params, "lr": self.lr}]
+        if encoder_params:
+            groups.append({"params": encoder_params, "lr": self.encoder_lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        if not self.warmup_steps:
+            return optimizer
+        warmup = self.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class _EntityRows(Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor(index)
+
+
+class DescriptionPretrainingModule(_RngStateMixin, pl.LightningModule):
+    """PT-KGE stage 1: only the entity embeddings learn, from "the description of [MASK] is <text>"."""
+
+    def __init__(self, model: MaskedEntityModel, *, lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        self.model, self.lr, self.batch_size, self.seed = model, lr, batch_size, seed
+        tok = model.tokenizer
+        self.prefix = tok("the description of", add_special_tokens=False)["input_ids"]
+        self.suffix = tok("is", add_special_tokens=False)["input_ids"]
+
+    def on_fit_start(self) -> None:
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name == "entity_embeddings.weight")
+
+    def on_fit_end(self) -> None:
+        for param in self.model.parameters():
+            param.requires_grad_(True)
+
+    def train_dataloader(self) -> DataLoader:
+        """Every entity once per epoch, shuffled."""
+        n = self.model.config.num_entities
+        return DataLoader(_EntityRows(n), batch_size=self.batch_size, sampler=EpochShuffleSampler(n, self.seed))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Cross-entropy of the entity behind its own description."""
+        inputs = self.model.builder.description(batch.cpu(), self.prefix, self.suffix)
+        scores = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+        loss = F.cross_entropy(scores, batch.to(self.device))
+        self.log("pretrain_loss", loss, prog_bar=True, batch_size=batch.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        """Adam on the entity embeddings."""
+        return torch.optim.Adam([self.model.entity_embeddings.weight], lr=self.lr)
+

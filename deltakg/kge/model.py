@@ -1,0 +1,253 @@
+"""The masked-entity KG embedding model: an encoder LM with entity and relation tokens.
+
+An entity's score for a query is ``transform(h_mask) . E[entity] + b[entity]`` where ``E`` is the entity
+token embedding table itself (the decoder is tied to the input embeddings, METHODS.md §1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kg_data import KnowledgeGraph, Vocabulary
+from kg_data.errors import KGDataError
+from kg_data.formats import read_text_map, write_text_map
+
+from .encoders import encoder_from_config, load_encoder
+from .inputs import QueryBuilder, side_code
+
+__all__ = ["KGEConfig", "MaskedEntityModel"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "deltakg-masked-entity-kge"
+
+
+@dataclass
+class KGEConfig:
+    """Everything needed to rebuild a :class:`MaskedEntityModel` (saved as ``config.json``)."""
+
+    encoder: str = "minilm"
+    num_entities: int = 0
+    num_relations: int = 0
+    layers: int | None = None
+    max_length: int = 64
+    use_text: bool = True
+    dataset: str = ""
+    base_vocab_size: int = 0
+    encoder_config: dict[str, Any] = field(default_factory=dict)
+    special_ids: dict[str, int] = field(default_factory=dict)
+
+
+class MaskedEntityModel(nn.Module):
+    """Encoder + MLM transform + entity decoder tied to the entity token embeddings."""
+
+    def __init__(
+        self,
+        config: KGEConfig,
+        encoder: nn.Module,
+        tokenizer: Any,
+        entities: Vocabulary,
+        relations: Vocabulary,
+        entity_texts: dict[str, str] | None = None,
+        relation_texts: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.entities = entities
+        self.relations = relations
+        self.entity_texts = entity_texts
+        self.relation_texts = relation_texts
+        hidden = encoder.config.hidden_size
+        self.entity_embeddings = nn.Embedding(config.num_entities, hidden)
+        self.relation_embeddings = nn.Embedding(config.num_relations, hidden)
+        self.transform = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=encoder.config.layer_norm_eps)
+        )
+        self.entity_bias = nn.Parameter(torch.zeros(config.num_entities))
+        std = encoder.config.initializer_range
+        for module in (self.entity_embeddings, self.relation_embeddings):
+            nn.init.normal_(module.weight, std=std)
+        nn.init.normal_(self.transform[0].weight, std=std)
+        nn.init.zeros_(self.transform[0].bias)
+        ids = config.special_ids
+        self.builder = QueryBuilder(
+            base_vocab_size=config.base_vocab_size,
+            num_entities=config.num_entities,
+            cls_id=ids["cls"],
+            sep_id=ids["sep"],
+            mask_id=ids["mask"],
+            pad_id=ids["pad"],
+            max_length=config.max_length,
+            entity_tokens=self._tokenize(entities, entity_texts) if config.use_text else None,
+            relation_tokens=self._tokenize(relations, relation_texts) if config.use_text else None,
+        )
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def for_graph(
+        cls,
+        kg: KnowledgeGraph,
+        encoder: str = "minilm",
+        *,
+        layers: int | None = None,
+        max_length: int = 64,
+        use_text: bool = True,
+    ) -> "MaskedEntityModel":
+        """A fresh model for ``kg``'s vocabularies on top of the named encoder."""
+        spec = load_encoder(encoder, layers=layers, max_length=max_length)
+        tok = spec.tokenizer
+        config = KGEConfig(
+            encoder=encoder,
+            num_entities=kg.num_entities,
+            num_relations=kg.num_relations,
+            layers=layers,
+            max_length=max_length,
+            use_text=use_text,
+            dataset=kg.name,
+            base_vocab_size=spec.model.get_input_embeddings().num_embeddings,
+            encoder_config=spec.model.config.to_dict(),
+            special_ids={
+                "cls": tok.cls_token_id,
+                "sep": tok.sep_token_id,
+                "mask": tok.mask_token_id,
+                "pad": tok.pad_token_id,
+            },
+        )
+        model = cls(config, spec.model, tok, kg.entities, kg.relations, kg.entity_texts, kg.relation_texts)
+        if spec.pretrained and use_text:
+            model._init_from_text()
+        return model
+
+    def _tokenize(self, vocab: Vocabulary, texts: dict[str, str] | None) -> list[list[int]]:
+        texts = texts or {}
+        strings = [texts.get(label, label) for label in vocab.labels]
+        encoded = self.tokenizer(strings, add_special_tokens=False, truncation=True, max_length=self.config.max_length)
+        return encoded["input_ids"]
+
+    @torch.no_grad()
+    def _init_from_text(self) -> None:
+        # a pretrained encoder already knows the words: start each new token at the mean of its text's
+        # word embeddings, which PT-KGE otherwise learns in its first stage
+        words = self.encoder.get_input_embeddings().weight
+        for table, tokens in ((self.entity_embeddings, self.builder.entity_tokens),
+                              (self.relation_embeddings, self.builder.relation_tokens)):
+            for i, ids in enumerate(tokens):
+                if ids:
+                    table.weight[i] = words[torch.tensor(ids)].mean(dim=0)
+
+    # ------------------------------------------------------------------------------ forward
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of mixed base / entity / relation ids."""
+        vocab, n_ent = self.config.base_vocab_size, self.config.num_entities
+        words = self.encoder.get_input_embeddings()
+        out = words(input_ids.clamp(max=vocab - 1))
+        is_ent = (input_ids >= vocab) & (input_ids < vocab + n_ent)
+        is_rel = input_ids >= vocab + n_ent
+        if is_ent.any():
+            out = out.masked_scatter(is_ent.unsqueeze(-1), self.entity_embeddings(input_ids[is_ent] - vocab))
+        if is_rel.any():
+            out = out.masked_scatter(is_rel.unsqueeze(-1), self.relation_embeddings(input_ids[is_rel] - vocab - n_ent))
+        return out
+
+    def mask_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Transformed hidden states at the mask position, ``(b, d)`` (the input of the entity decoder)."""
+        hidden = self.encoder(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask).last_hidden_state
+        at_mask = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_positions]
+        return self.transform(at_mask)
+
+    def decode(self, states: torch.Tensor) -> torch.Tensor:
+        """Scores over all entities from mask states, ``(b, num_entities)``."""
+        return states @ self.entity_embeddings.weight.t() + self.entity_bias
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores over all entities for each masked query, ``(b, num_entities)``."""
+        return self.decode(self.mask_states(input_ids, attention_mask, mask_positions))
+
+    def inputs(self, triples: torch.Tensor, sides: torch.Tensor | int | str) -> dict[str, torch.Tensor]:
+        """Model inputs for ``(b, 3)`` id triples, hiding ``sides`` ('head'/'tail', 0/1, or per row)."""
+        if isinstance(sides, str):
+            sides = side_code(sides)
+        device = self.entity_bias.device
+        return {k: v.to(device) for k, v in self.builder.build(triples.cpu(), sides).items()}
+
+    def score(self, triples: torch.Tensor, side: str) -> torch.Tensor:
+        """Scores of every entity as the hidden ``side`` of each triple, ``(b, num_entities)``."""
+        return self(**self.inputs(triples, side))
+
+    # ------------------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write config, safetensors weights, tokenizer, vocabularies and texts to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = asdict(self.config)
+        config["model_type"] = MODEL_TYPE
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.tokenizer.save_pretrained(str(directory / "tokenizer"))
+        self.entities.save(directory / "entities.txt")
+        self.relations.save(directory / "relations.txt")
+        for name, texts in (("entity2text.txt", self.entity_texts), ("relation2text.txt", self.relation_texts)):
+            if texts:
+                write_text_map(directory / name, texts)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str = "cpu") -> "MaskedEntityModel":
+        """Load a model written by :meth:`save_pretrained`; scores are bit-identical."""
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        try:
+            raw = json.loads(config_path.read_text())
+        except FileNotFoundError:
+            raise KGDataError("missing: expected a model folder written by save_pretrained / deltakg train",
+                              path=config_path) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise KGDataError(f"not valid JSON ({err})", path=config_path) from None
+        if raw.pop("model_type", None) != MODEL_TYPE:
+            raise KGDataError(f"not a deltakg KGE model (model_type must be {MODEL_TYPE!r})", path=config_path)
+        config = KGEConfig(**raw)
+        optional = {n: directory / n for n in ("entity2text.txt", "relation2text.txt")}
+        model = cls(
+            config,
+            encoder_from_config(config.encoder_config),
+            AutoTokenizer.from_pretrained(str(directory / "tokenizer")),
+            Vocabulary.load(directory / "entities.txt", kind="entity"),
+            Vocabulary.load(directory / "relations.txt", kind="relation"),
+            read_text_map(optional["entity2text.txt"], kind="entity") if optional["entity2text.txt"].exists() else None,
+            read_text_map(optional["relation2text.txt"], kind="relation") if optional["relation2text.txt"].exists() else None,
+        )
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=map_location))
+        return model.eval()
+
+    def check_vocabulary(self, kg: KnowledgeGraph) -> None:
+        """Raise a clear error when ``kg``'s vocabularies are not the ones this model was trained on."""
+        for kind, mine, theirs in (("entity", self.entities, kg.entities), ("relation", self.relations, kg.relations)):
+            if mine != theirs:
+                missing = next((label for label in theirs if label not in mine), None)
+                detail = f"e.g. {missing!r} is unknown to the model" if missing else "the id order differs"
+                raise KGDataError(
+                    f"the model's {kind} vocabulary ({len(mine)}) does not match dataset {kg.name!r} "
+                    f"({len(theirs)}): {detail}",
+                    field="model",
+                )
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Parameter count."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,175 @@
+"""Train a masked-entity KGE with the Lightning ``Trainer`` and write a loadable model folder.
+
+Output folder layout (``out``): the model (``config.json``, ``model.safetensors``, ``tokenizer/``,
+vocabularies) at the top so ``MaskedEntityModel.from_pretrained(out)`` loads it, ``checkpoints/``
+(best by valid MRR and ``last.ckpt``, also written on SIGINT/SIGTERM), ``logs/`` (CSV) and ``metrics.json``.
+Running the same command again resumes from ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+
+from kg_data import KnowledgeGraph
+
+from .lightning import DescriptionPretrainingModule, LinkPredictionModule, TripleDataModule
+from .model import MaskedEntityModel
+
+__all__ = ["TrainConfig", "TrainResult", "train_model"]
+
+
+@dataclass
+class TrainConfig:
+    """Training options; ``None`` learning rates pick a default by encoder (pretrained or not)."""
+
+    epochs: int = 20
+    max_time_minutes: float | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    lr: float | None = None
+    encoder_lr: float | None = None
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    warmup_steps: int = 0
+    patience: int | None = 5
+    val_every: int = 1
+    val_subset: int | None = None
+    pretrain_epochs: int = 0
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    resume: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model: MaskedEntityModel
+    out: Path
+    metrics: dict[str, Any]
+    is_global_zero: bool = True
+
+
+def _trainer(config: TrainConfig, out: Path, callbacks: list, *, max_epochs: int, logger: Any) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=config.precision,
+        max_epochs=max_epochs,
+        max_time={"minutes": config.max_time_minutes} if config.max_time_minutes else None,
+        check_val_every_n_epoch=config.val_every,
+        callbacks=callbacks + ([TQDMProgressBar(refresh_rate=10)] if config.progress else []),
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        logger=logger,
+        default_root_dir=str(out),
+        deterministic=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
+
+
+def _quiet_lightning() -> None:
+    # these hints (no GPU, few dataloader workers) are noise on CPU-only machines
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "pytorch_lightning.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+
+
+def train_model(
+    kg: KnowledgeGraph,
+    out: str | os.PathLike,
+    *,
+    encoder: str = "minilm",
+    layers: int | None = None,
+    max_length: int = 64,
+    use_text: bool = True,
+    config: TrainConfig | None = None,
+) -> TrainResult:
+    """Train on ``kg``'s train split with early stopping on valid MRR; save the best model to ``out``."""
+    config = config or TrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _quiet_lightning()
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    model = MaskedEntityModel.for_graph(kg, encoder, layers=layers, max_length=max_length, use_text=use_text)
+    pretrained = encoder != "tiny"
+    lr = config.lr if config.lr is not None else (5e-4 if pretrained else 1e-3)
+    encoder_lr = config.encoder_lr if config.encoder_lr is not None else (5e-5 if pretrained else lr)
+    ckpt_dir = out / "checkpoints"
+    started = time.perf_counter()
+
+    if config.pretrain_epochs and not (ckpt_dir / "last.ckpt").exists():
+        stage = DescriptionPretrainingModule(model, lr=lr, batch_size=config.batch_size, seed=config.seed)
+        _trainer(config, out, [], max_epochs=config.pretrain_epochs, logger=CSVLogger(str(out), name="logs_pretrain")).fit(stage)
+
+    module = LinkPredictionModule(
+        model,
+        kg,
+        lr=lr,
+        encoder_lr=encoder_lr,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        warmup_steps=config.warmup_steps,
+    )
+    data = TripleDataModule(
+        kg, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, seed=config.seed,
+        val_subset=config.val_subset,
+    )
+    has_valid = "valid" in kg.splits and kg.valid.numel() > 0
+    checkpoint = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="best-{epoch}",
+        monitor="valid_mrr" if has_valid else None,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        save_on_exception=True,
+    )
+    callbacks: list = [checkpoint]
+    if has_valid and config.patience:
+        callbacks.append(EarlyStopping(monitor="valid_mrr", mode="max", patience=config.patience))
+    trainer = _trainer(config, out, callbacks, max_epochs=config.epochs, logger=CSVLogger(str(out), name="logs"))
+    resume_from = ckpt_dir / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if config.resume and resume_from.exists() else None)
+
+    best = checkpoint.best_model_path
+    if best and Path(best).exists():
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    metrics: dict[str, Any] = {
+        "epochs_run": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_seconds": time.perf_counter() - started,
+        "best_valid_mrr": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "best_checkpoint": best or None,
+        "config": asdict(config),
+        "encoder": encoder,
+        "parameters": model.num_parameters(),
+    }
+    model.eval()
+    if trainer.is_global_zero:
+        model.save_pretrained(out)
+        (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    return TrainResult(model=model, out=out, metrics=metrics, is_global_zero=trainer.is_global_zero)
