@@ -77,11 +77,13 @@ class TripleDataModule(pl.LightningDataModule):
 
 
 class _RngStateMixin:
-    # checkpoints carry the RNG states so that dropout and sampling continue exactly after a resume
+    # checkpoints carry the RNG states so that dropout and sampling continue exactly after a resume;
+    # stored as tensors and plain Python values so that weights-only loading accepts them
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
             "python": random.getstate(),
         }
 
@@ -89,7 +91,8 @@ class _RngStateMixin:
         states = checkpoint.get("rng_states")
         if states:
             torch.set_rng_state(states["torch"])
-            np.random.set_state(states["numpy"])
+            name, keys, pos, has_gauss, cached = states["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
             random.setstate(states["python"])
 
 

@@ -106,6 +106,7 @@ def train_model(
     max_length: int = 64,
     use_text: bool = True,
     config: TrainConfig | None = None,
+    callbacks: list[pl.Callback] | None = None,
 ) -> TrainResult:
     """Train on ``kg``'s train split with early stopping on valid MRR; save the best model to ``out``."""
     config = config or TrainConfig()
@@ -147,7 +148,7 @@ def train_model(
         save_last=True,
         save_on_exception=True,
     )
-    callbacks: list = [checkpoint]
+    callbacks = [checkpoint, *(callbacks or [])]
     if has_valid and config.patience:
         callbacks.append(EarlyStopping(monitor="valid_mrr", mode="max", patience=config.patience))
     trainer = _trainer(config, out, callbacks, max_epochs=config.epochs, logger=CSVLogger(str(out), name="logs"))

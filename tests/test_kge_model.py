@@ -1,0 +1,237 @@
+"""The masked-entity KGE: query layout, save/load, training quality, resume, interrupts, DDP, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from deltakg.cli import main
+from deltakg.kge.evaluation import FilterIndex, evaluate_ranking
+from deltakg.kge.inputs import HEAD, TAIL, QueryBuilder, _fit
+from deltakg.kge.model import MaskedEntityModel
+from deltakg.kge.training import TrainConfig, train_model
+from kg_data import KGDataError, load_dataset
+
+
+@pytest.fixture(scope="module")
+def nations():
+    return load_dataset("nations")
+
+
+def _tiny(kg, **kwargs) -> MaskedEntityModel:
+    torch.manual_seed(0)
+    return MaskedEntityModel.for_graph(kg, "tiny", **kwargs).eval()
+
+
+def _epoch_losses(out: Path) -> dict[int, float]:
+    # a resumed run logs into a new version folder: read them in order
+    losses = {}
+    for path in sorted((out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
+        with open(path) as handle:
+            losses.update({int(r["epoch"]): float(r["train_loss_epoch"]) for r in csv.DictReader(handle)
+                           if r.get("train_loss_epoch")})
+    return losses
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def test_query_layouts():
+    b = QueryBuilder(base_vocab_size=100, num_entities=5, cls_id=1, sep_id=2, mask_id=3, pad_id=0, max_length=16,
+                     entity_tokens=[[10, 11]] * 5, relation_tokens=[[20]] * 2)
+    triples = torch.tensor([[0, 1, 4]])
+    tail = b.build(triples, TAIL)
+    # [CLS] [ENT_0] text [SEP] words [REL_1] [SEP] [MASK] [SEP]
+    assert tail["input_ids"][0].tolist() == [1, 100, 10, 11, 2, 20, 106, 2, 3, 2]
+    assert tail["mask_positions"].tolist() == [8]
+    head = b.build(triples, HEAD)
+    # [CLS] [MASK] [SEP] words [REL_1] [SEP] [ENT_4] text [SEP]
+    assert head["input_ids"][0].tolist() == [1, 3, 2, 20, 106, 2, 104, 10, 11, 2]
+    assert head["mask_positions"].tolist() == [1]
+
+
+def test_truncation_is_longest_first_and_bounded():
+    assert _fit(3, 4, 10) == (3, 4)
+    assert _fit(30, 2, 10) == (8, 2)
+    assert _fit(2, 30, 10) == (2, 8)
+    assert _fit(30, 30, 10) == (5, 5)
+    b = QueryBuilder(base_vocab_size=100, num_entities=2, cls_id=1, sep_id=2, mask_id=3, pad_id=0, max_length=12,
+                     entity_tokens=[list(range(10, 60))] * 2, relation_tokens=[list(range(60, 90))])
+    out = b.build(torch.tensor([[0, 0, 1], [1, 0, 0]]), torch.tensor([HEAD, TAIL]))
+    assert out["input_ids"].shape[1] == 12
+    assert out["attention_mask"].sum(1).tolist() == [12, 12]
+
+
+# ------------------------------------------------------------------------------------------ model
+def test_scores_shape_and_both_sides(nations):
+    model = _tiny(nations, use_text=True)
+    with torch.no_grad():
+        for side in ("head", "tail"):
+            scores = model.score(nations.valid[:5], side)
+            assert scores.shape == (5, nations.num_entities)
+            assert torch.isfinite(scores).all()
+
+
+def test_save_load_bit_identical(nations, tmp_path):
+    model = _tiny(nations, use_text=True)
+    model.save_pretrained(tmp_path)
+    loaded = MaskedEntityModel.from_pretrained(tmp_path)
+    as_json = lambda config: json.loads(json.dumps(asdict(config)))  # noqa: E731
+    assert as_json(loaded.config) == as_json(model.config)
+    assert loaded.entities == model.entities and loaded.relations == model.relations
+    with torch.no_grad():
+        for side in ("head", "tail"):
+            assert torch.equal(model.score(nations.test, side), loaded.score(nations.test, side))
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+
+
+def test_layers_option_keeps_first_layers(nations):
+    model = MaskedEntityModel.for_graph(nations, "minilm", layers=2)
+    assert len(model.encoder.encoder.layer) == 2
+    assert model.encoder.config.num_hidden_layers == 2
+    with pytest.raises(KGDataError, match="layers"):
+        MaskedEntityModel.for_graph(nations, "minilm", layers=99)
+
+
+def test_unknown_encoder_names_the_choices(nations):
+    with pytest.raises(KGDataError, match="minilm, tiny"):
+        MaskedEntityModel.for_graph(nations, "no-such-encoder")
+
+
+def test_from_pretrained_missing_folder(tmp_path):
+    with pytest.raises(KGDataError, match="config.json"):
+        MaskedEntityModel.from_pretrained(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def trained_nations(nations, tmp_path_factory):
+    out = tmp_path_factory.mktemp("nations")
+    config = TrainConfig(epochs=12, batch_size=64, progress=False, patience=None, seed=0)
+    return train_model(nations, out, encoder="tiny", use_text=False, config=config)
+
+
+def test_small_encoder_learns_nations(nations, trained_nations):
+    model = MaskedEntityModel.from_pretrained(trained_nations.out)
+    with torch.inference_mode():
+        result = evaluate_ranking(model.score, nations.test, nations.num_entities,
+                                  filter_index=FilterIndex(nations.all_triples(), nations.num_entities))
+    metrics = result.to_dict()
+    assert metrics["mrr"] > 0.5, metrics  # random ranking gives about 0.2 on 14 entities
+    assert trained_nations.metrics["best_valid_mrr"] > 0.5
+
+
+def test_outputs_written(trained_nations):
+    out = trained_nations.out
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert any((out / "checkpoints").glob("best-*.ckpt"))
+    assert (out / "train_metrics.json").is_file()
+    assert _epoch_losses(out)
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(batch_size=64, progress=False, patience=None, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_matches_uninterrupted_run(nations, tmp_path):
+    straight = tmp_path / "straight"
+    train_model(nations, straight, encoder="tiny", use_text=False, config=_config(epochs=3))
+    resumed = tmp_path / "resumed"
+    train_model(nations, resumed, encoder="tiny", use_text=False, config=_config(epochs=2))
+    train_model(nations, resumed, encoder="tiny", use_text=False, config=_config(epochs=3))
+    a, b = _epoch_losses(straight), _epoch_losses(resumed)
+    assert set(a) == {0, 1, 2} and 2 in b
+    assert b[2] == pytest.approx(a[2], rel=1e-6, abs=1e-7)
+    m1 = MaskedEntityModel.from_pretrained(straight)
+    m2 = MaskedEntityModel.from_pretrained(resumed)
+    with torch.no_grad():
+        assert torch.allclose(m1.score(nations.test, "tail"), m2.score(nations.test, "tail"), atol=1e-5)
+
+
+class _SendSignal(pl.Callback):
+    def __init__(self, signum: int, at_step: int) -> None:
+        self.signum, self.at_step = signum, at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_sigterm_leaves_a_checkpoint_that_resumes(nations, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(BaseException):  # Lightning re-raises SIGTERMException after saving
+        train_model(nations, out, encoder="tiny", use_text=False, config=_config(epochs=5),
+                    callbacks=[_SendSignal(signal.SIGTERM, at_step=30)])
+    last = out / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert step >= 30
+    result = train_model(nations, out, encoder="tiny", use_text=False, config=_config(epochs=5))
+    assert result.metrics["global_step"] == 5 * 25  # 1592 triples / 64 = 25 steps per epoch
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_train_and_evaluate(trained_nations, capsys):
+    code, out, _ = _run_cli(["evaluate", "--model", str(trained_nations.out), "--dataset", "nations",
+                             "--split", "test", "--json", "--no-progress"], capsys)
+    assert code == 0
+    payload = json.loads(out)
+    for scope in (payload, payload["head"], payload["tail"]):
+        assert {"mrr", "mr", "hits@1", "hits@3", "hits@10"} <= set(scope)
+    assert payload["mrr"] > 0.5
+    code, out, _ = _run_cli(["evaluate", "--model", str(trained_nations.out), "--dataset", "nations",
+                             "--split", "valid", "--raw", "--json", "--no-progress"], capsys)
+    raw = json.loads(out)
+    assert code == 0 and raw["filtered"] is False and raw["mrr"] <= payload["mrr"] + 0.2
+
+
+def test_cli_vocabulary_mismatch_exit_2(trained_nations, capsys):
+    code, _, err = _run_cli(["evaluate", "--model", str(trained_nations.out), "--dataset", "umls"], capsys)
+    assert code == 2 and "vocabulary" in err and "umls" in err
+
+
+def test_cli_unknown_encoder_exit_2(tmp_path, capsys):
+    code, _, err = _run_cli(["train", "--dataset", "nations", "--encoder", "nope", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "minilm" in err and "tiny" in err
+
+
+def test_cli_missing_data_dir_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DELTAKG_DATA", raising=False)
+    code, _, err = _run_cli(["train", "--dataset", "wn18rr", "--encoder", "tiny", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "data" in err.lower()
+    code, _, err = _run_cli(["train", "--dataset", "wn18rr", "--data-dir", str(tmp_path / "none"),
+                             "--encoder", "tiny", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "train.tsv" in err
+
+
+@pytest.mark.slow
+def test_cli_ddp_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deltakg", "train", "--dataset", "nations", "--encoder", "tiny", "--no-text",
+         "--epochs", "2", "--batch-size", "64", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+         "--no-progress", "--out", str(out), "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads(proc.stdout.strip().splitlines()[-1])
+    # each of the 2 processes sees half of the 1592 triples: 13 steps of 64 per epoch (one process: 25)
+    assert payload["global_step"] == 2 * 13
+    assert MaskedEntityModel.from_pretrained(out).config.num_entities == 14
