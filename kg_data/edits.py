@@ -91,7 +91,10 @@ class EditCase:
         """The deltaKG jsonl record (E- or A- format)."""
         process = self.process if self.process is not None else _masked_query(self.triple, self.masked)
         if self.wrong is None:
-            return {"triples": list(self.triple), "label": self.target, "head": int(self.masked == "head")}
+            record = {"triples": list(self.triple), "label": self.target, "head": int(self.masked == "head")}
+            if self.process is not None:
+                record["process"] = self.process
+            return record
         return {"ori": list(self.triple), "cor": list(self.corrupted), "process": process, "label": self.target}
 
 
@@ -157,6 +160,8 @@ def read_records(path: str | os.PathLike) -> list[_Record]:
             raise KGDataError(f"invalid JSON: {err.msg} at column {err.colno}", path=path, line=number) from None
         except RecursionError:
             raise KGDataError("JSON nested too deeply", path=path, line=number) from None
+        except ValueError as err:  # e.g. an integer longer than Python's int parsing limit (4300 digits)
+            raise KGDataError(f"invalid JSON: {err}", path=path, line=number) from None
         if not isinstance(data, dict):
             raise KGDataError(f"expected a JSON object, got {type(data).__name__}", path=path, line=number)
         records.append(_Record(data, path, number))
@@ -182,7 +187,7 @@ def _edit_case(rec: _Record) -> EditCase:
         masked: Side = "head" if head == 1 else "tail"
         if triple.entity(masked) != label:
             raise rec.error(f"label {label!r} is not the triple's {masked} {triple.entity(masked)!r}", "label")
-        return EditCase(triple, masked)
+        return EditCase(triple, masked, process=rec.data.get("process"))
     raise rec.error("expected an EDIT record (keys ori, cor, label) or an ADD record (keys triples, label, head)")
 
 

@@ -117,6 +117,7 @@ def read_columns(path: PathLike, fields: Sequence[str]) -> tuple[list[str], ...]
         and "\t\n" not in joined
         and "\n\n" not in joined
         and not joined.startswith("\t")
+        and not joined.startswith("\n")  # a blank first line (only a one-column file passes the tab count)
         and not joined.endswith("\t")
         and set(map(str.count, lines, repeat("\t"))) <= {n - 1}
     )
@@ -167,6 +168,9 @@ def _write_lines(path: PathLike, lines: list[str], newline: str) -> None:
     if newline not in ("\n", "\r\n"):
         raise ValueError(f"newline must be '\\n' or '\\r\\n', got {newline!r}")
     text = "".join(line + newline for line in lines)
+    if text.startswith("\ufeff"):
+        # the readers strip a leading UTF-8 byte-order mark, so such a file would not read back the same
+        raise KGDataError("starts with U+FEFF, a byte-order mark that readers strip; cannot be written", path=path, line=1)
     Path(path).write_bytes(text.encode("utf-8"))
 
 
