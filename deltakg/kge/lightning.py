@@ -160,7 +160,11 @@ class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
     def configure_optimizers(self):
         """AdamW; the pretrained encoder may take a smaller learning rate than the new parameters."""
         encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
-        encoder_ids = {id(p) for p in encoder_params}
+        if not self.model.config.use_text:
+            # without texts only [CLS]/[SEP]/[MASK] of the word table are read: skip its dense Adam update
+            words = self.model.encoder.get_input_embeddings().weight
+            encoder_params = [p for p in encoder_params if p is not words]
+        encoder_ids = {id(p) for p in self.model.encoder.parameters()}
         new_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in encoder_ids]
         groups = [{"params": new_params, "lr": self.lr}]
         if encoder_params:
