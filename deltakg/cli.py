@@ -112,6 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     kg = _load_kg(args)
     config = TrainConfig(
         epochs=args.epochs,
+        max_steps=args.max_steps,
         max_time_minutes=args.max_time,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-length", type=int, default=64, help="max tokens per query (default 64)")
     train.add_argument("--no-text", action="store_true", help="entity/relation tokens only, no texts")
     train.add_argument("--epochs", type=int, default=20, help="max epochs (default 20)")
+    train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps")
     train.add_argument("--max-time", type=float, default=None, metavar="MINUTES", help="stop after this long")
     train.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
     train.add_argument("--lr", type=float, default=None, help="learning rate of the new parameters")

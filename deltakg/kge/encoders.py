@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,22 @@ def _truncate_layers(model: PreTrainedModel, layers: int | None) -> None:
     model.config.num_hidden_layers = layers
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_encoder(spec: str, *, layers: int | None = None, max_length: int = 64) -> EncoderSpec:
     """Load ``minilm`` (default, offline), ``tiny`` (from config) or any ``from_pretrained`` folder/name."""
     if spec == "tiny":
@@ -76,7 +93,8 @@ def load_encoder(spec: str, *, layers: int | None = None, max_length: int = 64) 
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        with _quiet_transformers():  # the unused pooler of sentence encoders is reported as "unexpected"
+            model = AutoModel.from_pretrained(path, add_pooling_layer=False)
     except (OSError, ValueError) as err:
         raise KGDataError(
             f"cannot load encoder {spec!r} ({err.__class__.__name__}): choose one of "

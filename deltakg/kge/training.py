@@ -35,6 +35,7 @@ class TrainConfig:
     """Training options; ``None`` learning rates pick a default by encoder (pretrained or not)."""
 
     epochs: int = 20
+    max_steps: int = -1
     max_time_minutes: float | None = None
     batch_size: int = 128
     eval_batch_size: int = 256
@@ -75,6 +76,7 @@ def _trainer(config: TrainConfig, out: Path, callbacks: list, *, max_epochs: int
         num_nodes=config.num_nodes,
         precision=config.precision,
         max_epochs=max_epochs,
+        max_steps=config.max_steps,
         max_time={"minutes": config.max_time_minutes} if config.max_time_minutes else None,
         check_val_every_n_epoch=config.val_every,
         callbacks=callbacks + ([TQDMProgressBar(refresh_rate=10)] if config.progress else []),
@@ -150,7 +152,8 @@ def train_model(
     )
     callbacks = [checkpoint, *(callbacks or [])]
     if has_valid and config.patience:
-        callbacks.append(EarlyStopping(monitor="valid_mrr", mode="max", patience=config.patience))
+        callbacks.append(EarlyStopping(monitor="valid_mrr", mode="max", patience=config.patience,
+                                       check_on_train_epoch_end=False, strict=False))
     trainer = _trainer(config, out, callbacks, max_epochs=config.epochs, logger=CSVLogger(str(out), name="logs"))
     resume_from = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if config.resume and resume_from.exists() else None)
