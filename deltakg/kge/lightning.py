@@ -20,7 +20,8 @@ from .evaluation import FilterIndex, compute_ranks
 from .inputs import HEAD, TAIL
 from .model import MaskedEntityModel
 
-__all__ = ["LinkPredictionModule", "DescriptionPretrainingModule", "TripleDataModule", "EpochShuffleSampler"]
+__all__ = ["LinkPredictionModule", "DescriptionPretrainingModule", "TripleDataModule", "EpochShuffleSampler",
+           "IndexDataset"]
 
 
 class _Rows(Dataset):
@@ -177,7 +178,9 @@ class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class _EntityRows(Dataset):
+class IndexDataset(Dataset):
+    """The integers ``0..n-1`` as a dataset (rows are looked up by the step that uses them)."""
+
     def __init__(self, n: int) -> None:
         self.n = n
 
@@ -209,7 +212,7 @@ class DescriptionPretrainingModule(_RngStateMixin, pl.LightningModule):
     def train_dataloader(self) -> DataLoader:
         """Every entity once per epoch, shuffled."""
         n = self.model.config.num_entities
-        return DataLoader(_EntityRows(n), batch_size=self.batch_size, sampler=EpochShuffleSampler(n, self.seed))
+        return DataLoader(IndexDataset(n), batch_size=self.batch_size, sampler=EpochShuffleSampler(n, self.seed))
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Cross-entropy of the entity behind its own description."""

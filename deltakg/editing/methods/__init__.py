@@ -1,5 +1,6 @@
 """Edit methods; importing this package registers them with :data:`deltakg.editing.editor.EDITORS`."""
 
 from .ft import FineTune
+from .kgeditor import KGEditor, KGEditorConfig
 
-__all__ = ["FineTune"]
+__all__ = ["FineTune", "KGEditor", "KGEditorConfig"]
