@@ -188,6 +188,139 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count_or_fraction(value: str) -> int | float:
+    try:
+        return int(value)
+    except ValueError:
+        return float(value)
+
+
+def _cmd_editset_build(args: argparse.Namespace) -> int:
+    from deltakg.editsets import KINDS, build_editset
+    from deltakg.kge.training import TrainConfig
+
+    if args.kind not in KINDS:
+        raise CommandError(f"--kind: unknown edit-set kind {args.kind!r}; choose one of {', '.join(KINDS)}")
+    try:
+        split = [float(v) for v in args.split.split(",")]
+    except ValueError:
+        raise CommandError(f"--split: expected three fractions like 0.6,0.2,0.2, got {args.split!r}") from None
+    kg = _load_kg(args)
+    config = TrainConfig(
+        epochs=args.epochs,
+        max_time_minutes=args.max_time,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        label_smoothing=args.label_smoothing,
+        patience=args.patience or None,
+        seed=args.seed,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        progress=not args.no_progress,
+    )
+    # Lightning reports on stdout; keep stdout for the JSON line
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        build = build_editset(
+            kg,
+            args.kind,
+            args.out,
+            encoder=args.encoder,
+            use_text=not args.no_text,
+            layers=args.layers,
+            size=args.size,
+            candidates=args.candidates,
+            oversample=args.oversample,
+            holdout=args.holdout,
+            max_answers=args.max_answers,
+            stable_size=args.stable_size,
+            split=split,
+            seed=args.seed,
+            train_config=config,
+            overwrite=args.overwrite,
+        )
+    out = build.out_dir
+    counts = build.counts
+    payload = {
+        "kind": build.kind,
+        "dataset": kg.name,
+        "seed": args.seed,
+        "out": str(out),
+        "counts": counts,
+        "valid_mrr": build.info["base_model"]["valid_mrr"],
+        "paths": {
+            "model": str(build.model_dir),
+            **{name: str(out / f"{name}.jsonl") for name in ("train", "dev", "test", "stable")},
+            "editset": str(out / "editset.json"),
+        },
+        "seconds": build.seconds,
+    }
+    cases = counts["edit_cases"]
+    prefix = "E" if build.kind == "edit" else "A"
+    mrr = payload["valid_mrr"]
+    text = (
+        f"{prefix}-{kg.name}: {cases['train']}/{cases['dev']}/{cases['test']} edit cases (train/dev/test), "
+        f"{counts['stable']} stable facts; base model valid MRR "
+        f"{'n/a' if mrr is None else f'{mrr:.4f}'}; written to {out}"
+    )
+    _emit(args, payload, text)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ editing
+def _load_editset(path: str):
+    from kg_data.edits import EditSet
+
+    return EditSet.load(path)
+
+
+def _cmd_train_editor(args: argparse.Namespace) -> int:
+    from deltakg.editing.methods.kgeditor import KGEditorConfig
+    from deltakg.editing.methods.kgeditor_training import train_kgeditor
+    from deltakg.kge.model import MaskedEntityModel
+
+    if args.method != "kgeditor":
+        raise CommandError(f"--method: {args.method!r} needs no training; methods that do: kgeditor")
+    model = MaskedEntityModel.from_pretrained(args.model)
+    editset = _load_editset(args.editset)
+    if "train" not in editset.cases:
+        raise CommandError(f"--editset: {args.editset} has no train.jsonl to train the editor on")
+    config = KGEditorConfig.for_dataset(model.config.dataset, epochs=args.epochs, seed=args.seed,
+                                        extra=args.extra, layers=args.layers)
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        _, metrics = train_kgeditor(model, editset.cases["train"], editset.stable, args.out, config=config,
+                                    dev_cases=editset.cases.get("dev"), max_time_minutes=args.max_time,
+                                    progress=not args.no_progress)
+    metrics.update(out=str(args.out), method=args.method)
+    _emit(args, metrics, f"editor saved to {args.out}")
+    return 0
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from deltakg.editing import get_editor, run_edits
+    from deltakg.editing.methods.kgeditor import KGEditor
+    from deltakg.kge.model import MaskedEntityModel
+
+    model = MaskedEntityModel.from_pretrained(args.model)
+    editset = _load_editset(args.editset)
+    if args.split not in editset.cases:
+        raise CommandError(f"--split: {args.editset} has no {args.split}.jsonl (has {', '.join(editset.cases)})")
+    if args.method == "kgeditor":
+        if not args.editor:
+            raise CommandError("--editor DIR is required for --method kgeditor (train one with deltakg train-editor)")
+        editor = KGEditor.from_pretrained(args.editor)
+    else:
+        editor = get_editor("ft", steps=args.ft_steps, lr=args.ft_lr)
+    cases = editset.cases[args.split][: args.limit] if args.limit else editset.cases[args.split]
+    report = run_edits(editor, model, cases, editset.stable, batch_size=args.batch_size, sequential=args.sequential)
+    metrics = report.metrics
+    text = (f"{metrics['method']} on {metrics['edits']} edits (batch {args.batch_size}"
+            f"{', sequential' if args.sequential else ''}): Succ@1 {metrics['succ@1']:.3f}  Succ@3 {metrics['succ@3']:.3f}"
+            f"  ER_roc {metrics['er_roc']:.3f}  RK@3 {metrics['rk@3']:.3f}  RK_roc {metrics['rk_roc']:.3f}"
+            f"  time/edit {metrics['time_per_edit_s']:.4f}s  params {metrics['params']}")
+    _emit(args, metrics, text)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``deltakg`` command."""
@@ -253,6 +386,75 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    editset = commands.add_parser("editset", help="build deltaKG edit sets (EDIT / ADD) with their base model")
+    editset_cmds = editset.add_subparsers(dest="editset_command", metavar="SUBCOMMAND", required=True)
+    es_build = editset_cmds.add_parser(
+        "build", help="corrupt (edit) or hold out (add) facts, train the base model, select edit cases and stable facts"
+    )
+    _dataset_args(es_build, DATA_ENV, dataset_names())
+    es_build.add_argument("--kind", required=True, metavar="{edit,add}",
+                          help="edit: corrupted facts the model learnt; add: held-out facts it never saw")
+    es_build.add_argument("--out", required=True,
+                          help="output folder: model/, train/dev/test.jsonl, stable.jsonl, editset.json")
+    es_build.add_argument("--encoder", default="tiny",
+                          help=f"{' | '.join(ENCODER_CHOICES)} | a local model folder (default: tiny)")
+    es_build.add_argument("--layers", type=int, default=None, help="keep only the first N encoder layers")
+    es_build.add_argument("--no-text", action="store_true", help="entity/relation tokens only, no texts")
+    es_build.add_argument("--size", type=int, default=500, help="edit cases wanted, all splits (default 500)")
+    es_build.add_argument("--candidates", type=_count_or_fraction, default=None,
+                          help="triples to corrupt / hold out: a count or a fraction of train "
+                               "(default: oversample x size)")
+    es_build.add_argument("--oversample", type=float, default=None,
+                          help="default candidates = oversample x size (default 3 for edit, 1.5 for add)")
+    es_build.add_argument("--holdout", default="triples", metavar="{triples,entities}",
+                          help="add: hold out random triples, or all triples of random entities (default triples)")
+    es_build.add_argument("--max-answers", type=int, default=None,
+                          help="edit: only corrupt facts whose query has at most this many true answers "
+                               "(1 makes the target the unique answer; dense KGs such as UMLS need it)")
+    es_build.add_argument("--stable-size", type=int, default=1000, help="stable facts wanted (default 1000)")
+    es_build.add_argument("--split", default="0.6,0.2,0.2", help="train,dev,test fractions of the edit cases")
+    es_build.add_argument("--seed", type=int, default=0, help="seed of every random choice and of training")
+    es_build.add_argument("--epochs", type=int, default=20, help="training epochs of the base model (default 20)")
+    es_build.add_argument("--max-time", type=float, default=None, metavar="MINUTES", help="stop training after this long")
+    es_build.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
+    es_build.add_argument("--lr", type=float, default=None, help="learning rate of the new parameters")
+    es_build.add_argument("--label-smoothing", type=float, default=0.1)
+    es_build.add_argument("--patience", type=int, default=0, help="early stopping on valid MRR (default 0: off)")
+    es_build.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto")
+    es_build.add_argument("--devices", default=1, type=_devices, help="devices per node (int or 'auto')")
+    es_build.add_argument("--overwrite", action="store_true", help="replace an edit set already in --out")
+    es_build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    es_build.add_argument("--json", action="store_true", help="print one JSON object")
+    es_build.set_defaults(func=_cmd_editset_build)
+
+    train_editor = commands.add_parser("train-editor", help="train an edit method that learns (kgeditor)")
+    train_editor.add_argument("--method", required=True, choices=("kgeditor",))
+    train_editor.add_argument("--model", required=True, help="the model the edits apply to (editset DIR/model)")
+    train_editor.add_argument("--editset", required=True, help="an edit-set folder (train/dev/test.jsonl, stable.jsonl)")
+    train_editor.add_argument("--out", required=True, help="output folder of the trained editor")
+    train_editor.add_argument("--epochs", type=int, default=None, help="default: configs/kgeditor.json")
+    train_editor.add_argument("--max-time", type=float, default=None, metavar="MINUTES")
+    train_editor.add_argument("--extra", type=int, default=None, help="slot width (default per dataset)")
+    train_editor.add_argument("--layers", type=int, nargs="+", default=None, help="slot layers, negative from the end")
+    train_editor.add_argument("--seed", type=int, default=None)
+    train_editor.add_argument("--no-progress", action="store_true")
+    train_editor.add_argument("--json", action="store_true", help="print one JSON object")
+    train_editor.set_defaults(func=_cmd_train_editor)
+
+    edit = commands.add_parser("edit", help="apply an edit set's cases and report Succ@k, RK@k, ER_roc, RK_roc")
+    edit.add_argument("--model", required=True, help="the model the edits apply to")
+    edit.add_argument("--editset", required=True, help="an edit-set folder")
+    edit.add_argument("--method", required=True, choices=("ft", "kgeditor"))
+    edit.add_argument("--editor", default=None, help="a trained editor folder (kgeditor)")
+    edit.add_argument("--split", default="test", choices=("train", "dev", "test"))
+    edit.add_argument("--batch-size", type=int, default=2, help="edits per batch (default 2, as the paper)")
+    edit.add_argument("--sequential", action="store_true", help="let edits accumulate instead of resetting per batch")
+    edit.add_argument("--limit", type=int, default=None, help="only the first N edit cases")
+    edit.add_argument("--ft-steps", type=int, default=10, help="FT: optimiser steps per batch")
+    edit.add_argument("--ft-lr", type=float, default=1e-3, help="FT: learning rate")
+    edit.add_argument("--json", action="store_true", help="print one JSON object")
+    edit.set_defaults(func=_cmd_edit)
     return parser
 
 

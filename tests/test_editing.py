@@ -1,0 +1,225 @@
+"""The edit API: rollback, errors, metrics, FT and KGEditor mechanics (on a small Nations model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deltakg.cli import main
+from deltakg.editing import EditError, KGETarget, WeightSnapshot, apply_edit, get_editor, run_edits
+from deltakg.editing.editor import Editor
+from deltakg.editing.metrics import edit_metrics, raw_ranks
+from deltakg.editing.methods.kgeditor import KGEditor, KGEditorConfig
+from deltakg.editing.methods.kgeditor_training import train_kgeditor
+from deltakg.editing.slots import remove_slots, slot_parameter_names
+from deltakg.editing.weights import apply_delta, restore_on_error
+from deltakg.kge.model import MaskedEntityModel
+from deltakg.kge.training import TrainConfig, train_model
+from kg_data import EditCase, EditSet, KGDataError, StableFact, Triple, load_dataset
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A small trained Nations model, its edit cases (wrong tail at rank 1) and stable facts."""
+    kg = load_dataset("nations")
+    out = tmp_path_factory.mktemp("base")
+    train_model(kg, out, encoder="tiny", use_text=False,
+                config=TrainConfig(epochs=4, batch_size=64, progress=False, patience=None, seed=1))
+    model = MaskedEntityModel.from_pretrained(out)
+    cases, stable = [], []
+    with torch.no_grad():
+        top = model.score(kg.train, "tail").argmax(dim=1)
+    for i, triple in enumerate(kg.triples("train")):
+        if top[i] != kg.train[i, 2]:
+            cases.append(EditCase(triple, "tail", wrong=kg.entities.label(int(top[i]))))
+        else:
+            stable.append(StableFact(triple, "tail"))
+    assert len(cases) >= 40 and len(stable) >= 40
+    return out, kg, cases, stable
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------ weights
+def test_snapshot_restores_bit_exactly():
+    layer = torch.nn.Linear(4, 3)
+    before = _state(layer)
+    snap = WeightSnapshot(layer, ["weight"])
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+        layer.bias.add_(1.0)
+    assert snap.changed() == ["weight"]
+    snap.restore()
+    assert torch.equal(layer.weight, before["weight"]) and not torch.equal(layer.bias, before["bias"])
+
+
+def test_apply_delta_checks_shape_and_finiteness():
+    p = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="shape"):
+        apply_delta(p, torch.zeros(3))
+    with pytest.raises(FloatingPointError):
+        apply_delta(p, torch.tensor([[0.0, float("nan")], [0.0, 0.0]]))
+    assert torch.equal(p, torch.zeros(2, 2))
+    apply_delta(p, torch.ones(2, 2))
+    assert torch.equal(p, torch.ones(2, 2))
+
+
+def test_restore_on_error():
+    layer = torch.nn.Linear(2, 2)
+    before = _state(layer)
+    with pytest.raises(RuntimeError):
+        with restore_on_error(layer):
+            with torch.no_grad():
+                layer.weight.mul_(3)
+            raise RuntimeError("boom")
+    assert _same(before, _state(layer))
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_edit_metrics_definitions():
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.3, 0.2]])
+    assert raw_ranks(scores, torch.tensor([2, 1])).tolist() == [2.0, 1.0]  # ties do not count against
+    m = edit_metrics(torch.tensor([4.0, 2.0]), torch.tensor([1.0, 3.0]),
+                     torch.tensor([1.0, 1.0, 2.0, 5.0]), torch.tensor([1.0, 4.0, 3.0, 5.0]))
+    assert m["succ@1"] == 0.5 and m["succ@3"] == 1.0
+    assert m["er_roc"] == pytest.approx(abs(2.0 - 3.0) / 3.0)
+    assert m["rk@3"] == pytest.approx(2 / 3)  # 3 stable facts ranked <= 3 before, 2 after
+    assert m["rk_roc"] == pytest.approx(abs(3.25 - 2.25) / 3.25)
+
+
+# ------------------------------------------------------------------------------------------ API + FT
+def test_ft_per_batch_rolls_back_exactly(base):
+    out, kg, cases, stable = base
+    model = MaskedEntityModel.from_pretrained(out)
+    before = _state(model)
+    report = run_edits(get_editor("ft", steps=5), model, cases[:6], stable[:30], batch_size=2)
+    assert _same(before, _state(model))
+    m = report.metrics
+    for key in ("succ@1", "succ@3", "er_roc", "rk@3", "rk_roc", "time_per_edit_s", "params"):
+        assert key in m
+    assert m["succ@1"] > 0.5 and m["params"]["edited"] == model.num_parameters()
+
+
+def test_sequential_edits_accumulate_and_roll_back(base):
+    out, kg, cases, stable = base
+    model = MaskedEntityModel.from_pretrained(out)
+    before = _state(model)
+    editor = get_editor("ft", steps=10, lr=1e-3)
+    report = run_edits(editor, model, cases[:4], stable[:30], batch_size=2, sequential=True)
+    after_both = _state(model)
+    assert not _same(before, after_both)
+    # the first batch's edit is still in the model: its cases rank better than before any edit
+    assert float(report.edit_ranks_after[:2].mean()) < float(report.edit_ranks_before[:2].mean())
+    # and the model is not just "the second edit on the original"
+    report.rollback()
+    assert _same(before, _state(model))
+    second_only = run_edits(editor, model, cases[2:4], stable[:30], batch_size=2, sequential=True)
+    assert not _same(after_both, _state(model))
+    second_only.rollback()
+    assert _same(before, _state(model))
+
+
+def test_errors_leave_model_unchanged(base):
+    out, kg, cases, stable = base
+    model = MaskedEntityModel.from_pretrained(out)
+    before = _state(model)
+    target = KGETarget(model)
+    with pytest.raises(KGDataError, match="unknown entity"):
+        target.encode([EditCase(Triple("atlantis", kg.relations.label(0), "usa"), "tail")])
+    with pytest.raises(KGDataError, match="empty"):
+        run_edits(get_editor("ft"), model, [], stable[:5])
+    with pytest.raises(EditError, match="already predicts"):
+        run_edits(get_editor("ft"), model, [EditCase(stable[0].triple, "tail")], stable[:5])
+
+    class Exploding(Editor):
+        name = "exploding-test"
+
+        def touched(self, target):
+            return ["entity_bias"]
+
+        def edit(self, target, cases):
+            with torch.no_grad():
+                target.model.entity_bias.add_(1.0)
+            raise RuntimeError("half-way failure")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        apply_edit(Exploding(), target, target.encode(cases[:2]))
+    assert _same(before, _state(model))
+
+
+def test_unknown_method():
+    with pytest.raises(KGDataError, match="ft"):
+        get_editor("nope")
+
+
+# ------------------------------------------------------------------------------------------ KGEditor
+def test_fresh_slots_do_not_change_the_model(base):
+    out, kg, cases, stable = base
+    model = MaskedEntityModel.from_pretrained(out)
+    with torch.no_grad():
+        reference = model.score(kg.test, "tail")
+    editor = KGEditor(KGEditorConfig(layers=[-1], extra=8))
+    editor.prepare(KGETarget(model))
+    assert len(slot_parameter_names(model)) == 2
+    with torch.no_grad():
+        assert torch.equal(model.score(kg.test, "tail"), reference)
+    remove_slots(model)
+    assert not slot_parameter_names(model)
+
+
+def test_kgeditor_trains_saves_and_edits_reversibly(base, tmp_path):
+    out, kg, cases, stable = base
+    model = MaskedEntityModel.from_pretrained(out)
+    config = KGEditorConfig(layers=[-1], extra=8, epochs=1, seed=0)
+    editor, metrics = train_kgeditor(model, cases[:20], stable[:40], tmp_path / "editor", config=config,
+                                     dev_cases=cases[20:24], progress=False)
+    assert metrics["global_step"] == 10 and (tmp_path / "editor" / "hypernetwork.safetensors").is_file()
+
+    fresh = MaskedEntityModel.from_pretrained(out)
+    loaded = KGEditor.from_pretrained(tmp_path / "editor")
+    loaded.prepare(KGETarget(fresh))
+    before = _state(fresh)
+    handle = apply_edit(loaded, KGETarget(fresh), KGETarget(fresh).encode(cases[30:32]))
+    assert not _same(before, _state(fresh))
+    handle.rollback()
+    assert _same(before, _state(fresh))
+
+    # a reloaded editor makes exactly the same edit as the trained one
+    again = MaskedEntityModel.from_pretrained(out)
+    other = KGEditor.from_pretrained(tmp_path / "editor")
+    other.prepare(KGETarget(again))
+    apply_edit(other, KGETarget(again), KGETarget(again).encode(cases[30:32]))
+    apply_edit(loaded, KGETarget(fresh), KGETarget(fresh).encode(cases[30:32]))
+    assert _same(_state(fresh), _state(again))
+
+    report = run_edits(KGEditor.from_pretrained(tmp_path / "editor"), MaskedEntityModel.from_pretrained(out),
+                       cases[30:40], stable[:40], batch_size=2)
+    encoder = model.encoder.config
+    assert report.metrics["params"]["added"] == 8 * (encoder.intermediate_size + encoder.hidden_size)
+    assert report.metrics["method"] == "kgeditor" and report.metrics["edits"] == 10
+
+
+def test_cli_edit_and_train_editor(base, tmp_path, capsys):
+    out, kg, cases, stable = base
+    editset = EditSet(cases={"train": cases[:12], "dev": cases[12:16], "test": cases[16:22]}, stable=stable[:30])
+    editset.save(tmp_path / "es")
+    assert main(["edit", "--model", str(out), "--editset", str(tmp_path / "es"), "--method", "ft", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    for key in ("succ@1", "succ@3", "er_roc", "rk@3", "rk_roc", "time_per_edit_s", "params"):
+        assert key in payload
+    assert main(["train-editor", "--method", "kgeditor", "--model", str(out), "--editset", str(tmp_path / "es"),
+                 "--out", str(tmp_path / "ed"), "--epochs", "1", "--no-progress", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["edit", "--model", str(out), "--editset", str(tmp_path / "es"), "--method", "kgeditor",
+                 "--editor", str(tmp_path / "ed"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "kgeditor"
+    assert main(["edit", "--model", str(out), "--editset", str(tmp_path / "es"), "--method", "kgeditor"]) == 2
+    assert "--editor" in capsys.readouterr().err
