@@ -416,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     es_build.add_argument("--split", default="0.6,0.2,0.2", help="train,dev,test fractions of the edit cases")
     es_build.add_argument("--seed", type=int, default=0, help="seed of every random choice and of training")
     es_build.add_argument("--epochs", type=int, default=20, help="training epochs of the base model (default 20)")
-    es_build.add_argument("--max-time", type=float, default=None, metavar="MINUTES", help="stop training after this long")
+    es_build.add_argument("--max-time", type=float, default=None, metavar="MINUTES",
+                          help="stop training after this long")
     es_build.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
     es_build.add_argument("--lr", type=float, default=None, help="learning rate of the new parameters")
     es_build.add_argument("--label-smoothing", type=float, default=0.1)
