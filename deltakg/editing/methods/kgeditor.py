@@ -45,7 +45,7 @@ class KGEditorConfig:
     train_condition_embedding: bool = False
     margin: float = 0.1
     lr: float = 5e-4
-    lambda_lr: float = 0.01
+    lambda_lr: float = 0.1
     edits_per_step: int = 2
     stable_per_step: int = 8
     epochs: int = 20
