@@ -39,10 +39,10 @@ RANK_TYPES = ("optimistic", "pessimistic", "realistic")
 DEFAULT_KS = (1, 3, 10)
 # scores held per batch; with 40k entities this is ~1600 queries of float32 at a time
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
-# rows handled per step inside a batch on CPU: ~2 MB of float32 stays in cache across the several passes over it,
-# 2-3x faster than full passes over a large batch; smaller chunks mean more thread-pool round trips, which cost a
-# lot when the cores are shared with other processes
-_CHUNK_ELEMENTS = 2**19
+# rows handled per step inside a batch on CPU: 32 MB of float32 stays in the last-level cache across the several
+# passes over it (3x faster than passes over a whole 256 MB batch), yet a batch needs only a few thread-pool round
+# trips, each of which can cost milliseconds when other multi-threaded processes compete for the cores
+_CHUNK_ELEMENTS = 2**23
 
 ScoreFn = Callable[[Tensor, str], Tensor]
 
@@ -241,8 +241,9 @@ def _check_no_nan(scores: Tensor) -> None:
 def _exact_difference_signs() -> bool:
     # sign(a - b) == sign of the exact difference for all finite floats only with gradual underflow; under
     # torch.set_flush_denormal(True) two distinct floats near the smallest normal can subtract to 0. The probe is
-    # large enough to be split over the thread pool, whose threads carry their own floating-point mode
-    a, b = torch.full((1 << 16,), 1.5e-38), torch.full((1 << 16,), 1.2e-38)
+    # kept below the thread pool's grain size: it tests the calling thread, which is where that mode is switched
+    # (pool threads inherit it when they start), and costs no pool round trip
+    a, b = torch.full((64,), 1.5e-38), torch.full((64,), 1.2e-38)
     return bool(((a - b) != 0).all())
 
 
@@ -250,10 +251,10 @@ def _greater_less(
     chunk: Tensor, target: Tensor, buffer: Tensor, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor] | None:
     """Per row #(chunk > target) and #(chunk < target) (among ``mask``), or None if a difference is NaN."""
-    # comparisons into bool tensors run ~4x slower than float arithmetic on CPU here; from s = sign(chunk - target)
-    # sum(s) = #greater - #less and sum(|s|) = #greater + #less. Float sums of small integers are exact (< 2**24
-    # in float32). torch.sign maps NaN to 0 (a tie), so NaN differences (a NaN score, or inf - inf) are caught by
-    # summing the raw differences first; the caller then falls back to comparisons
+    # comparisons into bool tensors run ~4x slower than float arithmetic in torch's CPU kernels. With
+    # s = sign(chunk - target): sum(s) = #greater - #less and sum(|s|) = #greater + #less, and float sums of small
+    # integers are exact (< 2**24 in float32). torch.sign maps NaN to 0 (a tie), so NaN differences (a NaN score,
+    # or inf - inf) are caught by summing the raw differences first; the caller then falls back to comparisons
     d = buffer[: chunk.shape[0]]
     torch.sub(chunk, target, out=d)
     if bool(torch.isnan(d.sum()).item()):
@@ -266,10 +267,10 @@ def _greater_less(
     return ((total + net) * 0.5).long(), ((total - net) * 0.5).long()
 
 
-def _sign_buffer(scores: Tensor, rows: int) -> Tensor | None:
+def _sign_buffer(scores: Tensor, rows: int, exact_signs: bool) -> Tensor | None:
     """Scratch space for :func:`_greater_less`, or None where comparisons are used (GPU, huge rows, flush-to-zero)."""
     n = scores.shape[1]
-    if scores.device.type != "cpu" or n >= 2**24 or not _exact_difference_signs():
+    if scores.device.type != "cpu" or n >= 2**24 or not exact_signs:
         return None
     dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
     return torch.empty(rows, n, dtype=dtype, device=scores.device)
@@ -279,13 +280,13 @@ def _chunk_rows(scores: Tensor) -> int:
     return scores.shape[0] if scores.device.type != "cpu" else max(1, _CHUNK_ELEMENTS // max(scores.shape[1], 1))
 
 
-def _count_above(scores: Tensor, target_scores: Tensor) -> tuple[Tensor, Tensor]:
+def _count_above(scores: Tensor, target_scores: Tensor, exact_signs: bool) -> tuple[Tensor, Tensor]:
     """Per row: #scores > target and #scores >= target (int64); raises ValueError on NaN scores."""
     b, n = scores.shape
     greater = torch.empty(b, dtype=torch.long, device=scores.device)
     greater_equal = torch.empty_like(greater)
     step = _chunk_rows(scores)
-    buffer = _sign_buffer(scores, min(step, b))
+    buffer = _sign_buffer(scores, min(step, b), exact_signs)
     for i in range(0, b, step):
         chunk = scores[i : i + step]
         target = target_scores[i : i + step].unsqueeze(1)
@@ -322,20 +323,18 @@ def compute_ranks(scores: Tensor, targets: Tensor) -> dict[str, Tensor]:
     targets = _check_scores(scores, targets)
     with torch.inference_mode():
         target_scores = scores.gather(1, targets.unsqueeze(1)).squeeze(1)
-        greater, greater_equal = _count_above(scores, target_scores)
+        greater, greater_equal = _count_above(scores, target_scores, _exact_difference_signs())
         return {k: v.cpu() for k, v in _ranks_from_counts(greater, greater_equal).items()}
 
 
 def _removed_sparse(
-    scores: Tensor, target_scores: Tensor, filter_index: FilterIndex, side: str, counts: Tensor, start: Tensor
+    scores: Tensor, target_scores: Tensor, rows: Tensor, entities: Tensor, counts: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Per row: how many of its listed answers score > / >= the target, via one gather per answer."""
+    """Per row: how many of its ``counts`` answer pairs (row-sorted) score > / >= the target, one gather each."""
     b, n = scores.shape
     greater = torch.zeros(b, dtype=torch.long, device=scores.device)
     greater_equal = torch.zeros_like(greater)
-    rows, entities = filter_index._pairs(side, counts, start)
     if rows.numel():
-        rows, entities = rows.to(scores.device), entities.to(scores.device)
         removed = scores.reshape(-1)[rows * n + entities] if scores.is_contiguous() else scores[rows, entities]
         reference = torch.repeat_interleave(target_scores, counts)
         greater.index_add_(0, rows, (removed > reference).long())
@@ -344,13 +343,19 @@ def _removed_sparse(
 
 
 def _removed_dense(
-    scores: Tensor, target_scores: Tensor, rows: Tensor, masks: Tensor, slots: Tensor, counts: Tensor
+    scores: Tensor,
+    target_scores: Tensor,
+    rows: Tensor,
+    masks: Tensor,
+    slots: Tensor,
+    counts: Tensor,
+    exact_signs: bool,
 ) -> tuple[Tensor, Tensor]:
     """For ``rows`` whose ``counts`` answers have a dense mask: how many answers score > / >= the target."""
     greater = torch.empty(rows.numel(), dtype=torch.long, device=scores.device)
     greater_equal = torch.empty_like(greater)
     step = _chunk_rows(scores)
-    buffer = _sign_buffer(scores, min(step, rows.numel()))
+    buffer = _sign_buffer(scores, min(step, rows.numel()), exact_signs)
     for i in range(0, rows.numel(), step):
         chunk_rows = rows[i : i + step]
         chunk = scores.index_select(0, chunk_rows)
@@ -367,29 +372,38 @@ def _removed_dense(
 
 
 def _rank_batch(
-    scores: Tensor, queries: Tensor, targets: Tensor, side: str, filter_index: FilterIndex | None
+    scores: Tensor,
+    queries: Tensor,
+    targets: Tensor,
+    side: str,
+    filter_index: FilterIndex | None,
+    exact_signs: bool,
 ) -> tuple[dict[str, Tensor], Tensor]:
     target_scores = scores.gather(1, targets.unsqueeze(1)).squeeze(1)
-    greater, greater_equal = _count_above(scores, target_scores)
+    greater, greater_equal = _count_above(scores, target_scores, exact_signs)
     num_candidates = torch.full_like(greater, scores.shape[1])
     if filter_index is not None:
         # count over the raw row, then take back the other known answers: exact (no -inf tie artefacts, like
         # PyKEEN's NaN filter) and leaves the caller's score tensor untouched. The target's own answer, when
         # known, is taken back too (0 from "greater", 1 from "greater or equal") and added back via `present`
-        info = {k: v.to(scores.device) for k, v in filter_index._lookup(queries, side).items()}
+        info = filter_index._lookup(queries, side)
+        sparse_counts = info["counts"] * (info["slot"] < 0)
+        pairs = filter_index._pairs(side, sparse_counts, info["start"])
+        rows, entities = (x.to(scores.device) for x in pairs)
+        info = {k: v.to(scores.device) for k, v in info.items()}
         counts, present, slot = info["counts"], info["present"].long(), info["slot"]
         dense = slot >= 0
         removed_greater, removed_greater_equal = _removed_sparse(
-            scores, target_scores, filter_index, side, counts * ~dense, info["start"]
+            scores, target_scores, rows, entities, sparse_counts.to(scores.device)
         )
         if bool(dense.any()):
-            rows = dense.nonzero().squeeze(1)
+            dense_rows = dense.nonzero().squeeze(1)
             masks = filter_index._dense_masks(side).to(scores.device)
             dense_greater, dense_greater_equal = _removed_dense(
-                scores, target_scores, rows, masks, slot[rows], counts[rows]
+                scores, target_scores, dense_rows, masks, slot[dense_rows], counts[dense_rows], exact_signs
             )
-            removed_greater[rows] += dense_greater
-            removed_greater_equal[rows] += dense_greater_equal
+            removed_greater[dense_rows] += dense_greater
+            removed_greater_equal[dense_rows] += dense_greater_equal
         greater -= removed_greater
         greater_equal -= removed_greater_equal - present
         num_candidates -= counts - present
@@ -469,6 +483,7 @@ def _iterate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
+    exact_signs = _exact_difference_signs()
     ranks: dict[str, dict[str, list[Tensor]]] = {side: {k: [] for k in RANK_TYPES} for side in sides}
     candidates: dict[str, list[Tensor]] = {side: [] for side in sides}
     bar = _progress(progress, total=triples.shape[0] * len(sides))
@@ -482,7 +497,9 @@ def _iterate(
                         expected = (batch.shape[0], num_entities)
                         raise ValueError(f"{side} scores must have shape {expected}, got {tuple(scores.shape)}")
                     targets = batch[:, _column(side)].to(scores.device)
-                    batch_ranks, batch_candidates = _rank_batch(scores, batch, targets, side, filter_index)
+                    batch_ranks, batch_candidates = _rank_batch(
+                        scores, batch, targets, side, filter_index, exact_signs
+                    )
                     del scores
                     for k, v in batch_ranks.items():
                         ranks[side][k].append(v.cpu())
