@@ -13,6 +13,7 @@ a file written by a writer is reproduced byte for byte by read-then-write with t
 
 from __future__ import annotations
 
+import json
 import os
 from itertools import repeat
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "read_labels",
     "write_labels",
     "detect_newline",
+    "read_json_object",
 ]
 
 TRIPLE_FIELDS = ("head", "relation", "tail")
@@ -235,3 +237,16 @@ def write_labels(path: PathLike, labels: Iterable[str], *, newline: str = "\n") 
     """Write labels one per line."""
     lines = [_check_writable(label, path, number, "label") for number, label in enumerate(labels, start=1)]
     _write_lines(path, lines, newline)
+
+
+def read_json_object(path: PathLike, *, written_by: str) -> dict:
+    """Read a JSON object (a saved folder's metadata); clear errors for a missing or malformed file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KGDataError(f"missing: expected a folder written by {written_by}", path=path) from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise KGDataError(f"not valid JSON ({err})", path=path) from None
+    if not isinstance(data, dict):
+        raise KGDataError(f"expected a JSON object (written by {written_by})", path=path)
+    return data

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import KGDataError
-from .formats import TRIPLE_FIELDS, read_text_map, read_triple_columns, write_text_map, write_triples
+from .formats import TRIPLE_FIELDS, read_json_object, read_text_map, read_triple_columns, write_text_map, write_triples
 from .triple import Triple
 from .vocab import Vocabulary
 
@@ -241,13 +241,8 @@ class KnowledgeGraph:
         """Read a folder written by :meth:`save`."""
         directory = Path(directory)
         meta_path = directory / "kg.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise KGDataError("missing; expected a folder written by KnowledgeGraph.save", path=meta_path) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise KGDataError(f"not valid JSON ({err})", path=meta_path) from None
-        splits = meta.get("splits") if isinstance(meta, dict) else None
+        meta = read_json_object(meta_path, written_by="KnowledgeGraph.save")
+        splits = meta.get("splits")
         if not (isinstance(splits, list) and all(isinstance(split, str) for split in splits)):
             raise KGDataError('expected a JSON object {"name": ..., "splits": [split names]}', path=meta_path)
         optional = {name: directory / name for name in ("entity2text.txt", "relation2text.txt")}

@@ -18,7 +18,7 @@ from torch import nn
 
 from kg_data import KnowledgeGraph, Vocabulary
 from kg_data.errors import KGDataError
-from kg_data.formats import read_text_map, write_text_map
+from kg_data.formats import read_json_object, read_text_map, write_text_map
 
 from .encoders import encoder_from_config, load_encoder
 from .inputs import QueryBuilder, side_code
@@ -213,13 +213,7 @@ class MaskedEntityModel(nn.Module):
 
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
-        try:
-            raw = json.loads(config_path.read_text())
-        except FileNotFoundError:
-            raise KGDataError("missing: expected a model folder written by save_pretrained / deltakg train",
-                              path=config_path) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise KGDataError(f"not valid JSON ({err})", path=config_path) from None
+        raw = read_json_object(config_path, written_by="save_pretrained / deltakg train")
         if raw.pop("model_type", None) != MODEL_TYPE:
             raise KGDataError(f"not a deltakg KGE model (model_type must be {MODEL_TYPE!r})", path=config_path)
         config = KGEConfig(**raw)

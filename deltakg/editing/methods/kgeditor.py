@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kg_data.errors import KGDataError
+from kg_data.formats import read_json_object
 
 from ..editor import Editor, register_editor
 from ..gradients import per_edit_gradients
@@ -174,12 +175,7 @@ class KGEditor(Editor):
         """Load an editor written by :meth:`save_pretrained` (it is prepared on the model at edit time)."""
         directory = Path(directory)
         meta_path = directory / "kgeditor.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise KGDataError("missing: expected a folder written by deltakg train-editor", path=meta_path) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise KGDataError(f"not valid JSON ({err})", path=meta_path) from None
+        meta = read_json_object(meta_path, written_by="deltakg train-editor")
         if meta.get("method") != cls.name:
             raise KGDataError(f"an editor of method {meta.get('method')!r}, expected {cls.name!r}", path=meta_path)
         editor = cls(KGEditorConfig(**meta["config"]), state=load_file(str(directory / "hypernetwork.safetensors")),
