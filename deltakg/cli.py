@@ -107,30 +107,32 @@ def _load_kg(args: argparse.Namespace):
     return load_dataset(args.dataset, args.data_dir)
 
 
+# TrainConfig field <- command-line option; commands offer subsets of these options
+_TRAIN_OPTIONS = {
+    "epochs": "epochs", "max_steps": "max_steps", "max_time_minutes": "max_time", "batch_size": "batch_size",
+    "lr": "lr", "encoder_lr": "encoder_lr", "label_smoothing": "label_smoothing", "val_subset": "val_subset",
+    "pretrain_epochs": "pretrain_epochs", "seed": "seed", "accelerator": "accelerator", "devices": "devices",
+    "strategy": "strategy", "num_nodes": "num_nodes", "precision": "precision",
+}
+
+
+def _train_config(args: argparse.Namespace):
+    """A TrainConfig from whichever training options the command defines."""
+    from deltakg.kge.training import TrainConfig
+
+    values = {field: getattr(args, option) for field, option in _TRAIN_OPTIONS.items() if hasattr(args, option)}
+    values["patience"] = args.patience or None
+    values["progress"] = not args.no_progress
+    if hasattr(args, "no_resume"):
+        values["resume"] = not args.no_resume
+    return TrainConfig(**values)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from deltakg.kge.training import TrainConfig, train_model
+    from deltakg.kge.training import train_model
 
     kg = _load_kg(args)
-    config = TrainConfig(
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        max_time_minutes=args.max_time,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        encoder_lr=args.encoder_lr,
-        label_smoothing=args.label_smoothing,
-        patience=args.patience or None,
-        val_subset=args.val_subset,
-        pretrain_epochs=args.pretrain_epochs,
-        seed=args.seed,
-        accelerator=args.accelerator,
-        devices=args.devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        precision=args.precision,
-        resume=not args.no_resume,
-        progress=not args.no_progress,
-    )
+    config = _train_config(args)
     # Lightning reports on stdout; keep stdout for the JSON line
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         result = train_model(
@@ -198,7 +200,6 @@ def _count_or_fraction(value: str) -> int | float:
 
 def _cmd_editset_build(args: argparse.Namespace) -> int:
     from deltakg.editsets import KINDS, build_editset
-    from deltakg.kge.training import TrainConfig
 
     if args.kind not in KINDS:
         raise CommandError(f"--kind: unknown edit-set kind {args.kind!r}; choose one of {', '.join(KINDS)}")
@@ -207,18 +208,7 @@ def _cmd_editset_build(args: argparse.Namespace) -> int:
     except ValueError:
         raise CommandError(f"--split: expected three fractions like 0.6,0.2,0.2, got {args.split!r}") from None
     kg = _load_kg(args)
-    config = TrainConfig(
-        epochs=args.epochs,
-        max_time_minutes=args.max_time,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        label_smoothing=args.label_smoothing,
-        patience=args.patience or None,
-        seed=args.seed,
-        accelerator=args.accelerator,
-        devices=args.devices,
-        progress=not args.no_progress,
-    )
+    config = _train_config(args)
     # Lightning reports on stdout; keep stdout for the JSON line
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         build = build_editset(
