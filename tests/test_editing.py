@@ -223,3 +223,67 @@ def test_cli_edit_and_train_editor(base, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["method"] == "kgeditor"
     assert main(["edit", "--model", str(out), "--editset", str(tmp_path / "es"), "--method", "kgeditor"]) == 2
     assert "--editor" in capsys.readouterr().err
+
+
+def test_kgeditor_edits_values_only_with_whitened_keys(base):
+    out, kg, cases, stable = base
+    model = MaskedEntityModel.from_pretrained(out)
+    target = KGETarget(model)
+    editor = KGEditor(KGEditorConfig(layers=[-1], extra=32))
+    editor.prepare(target)
+    assert editor.edited_names == [n for n in editor.slot_names if n.endswith(".up.weight")]
+    assert set(editor.key_inverse) == set(editor.edited_names)
+    inverse = editor.key_inverse[editor.edited_names[0]]
+    assert inverse.shape == (32, 32) and torch.allclose(inverse, inverse.T, atol=1e-4)
+    assert bool((torch.linalg.eigvalsh(inverse.double()) > 0).all())
+    # the key statistics need only the model (random queries from the editor's seed): deterministic
+    again = KGEditor(KGEditorConfig(layers=[-1], extra=32))
+    again.prepare(KGETarget(MaskedEntityModel.from_pretrained(out)))
+    assert torch.equal(again.key_inverse[editor.edited_names[0]], inverse)
+    both = KGEditor(KGEditorConfig(layers=[-1], extra=32, edit_keys=True))
+    both.prepare(KGETarget(MaskedEntityModel.from_pretrained(out)))
+    assert both.edited_names == both.slot_names
+
+
+def test_kgeditor_calibrated_edit_succeeds_and_whitening_keeps_more(base):
+    out, kg, cases, stable = base
+    reports = {}
+    for whiten in (False, True):
+        config = KGEditorConfig(layers=[-1], extra=64, whiten=whiten)
+        reports[whiten] = run_edits(KGEditor(config), MaskedEntityModel.from_pretrained(out), cases[:10],
+                                    stable[:60], batch_size=2).metrics
+    assert reports[True]["succ@1"] >= 0.8
+    assert reports[True]["rk@3"] > reports[False]["rk@3"]
+
+    model = MaskedEntityModel.from_pretrained(out)
+    target = KGETarget(model)
+    editor = KGEditor(KGEditorConfig(layers=[-1], extra=64))
+    editor.prepare(target)
+    batch = target.encode(cases[:2])
+    with torch.no_grad():
+        deltas = editor.updates(target, batch)
+    scale, done = editor.calibrated_scale(target, batch, deltas)
+    if done:  # the calibrated step is one that makes both targets rank first
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, delta in deltas.items():
+                named[name].add_(scale * delta)
+        assert (target.ranks(batch) == 1).all()
+
+
+def test_kgeditor_sequential_edits_accumulate(base):
+    out, kg, cases, stable = base
+    model = MaskedEntityModel.from_pretrained(out)
+    editor = KGEditor(KGEditorConfig(layers=[-1], extra=64))
+    editor.prepare(KGETarget(model))  # adds the slots (a structural change rollback does not undo)
+    before = _state(model)
+    memory = {n: b.clone() for n, b in model.named_buffers() if n.endswith("edit_keys")}
+    report = run_edits(editor, model, cases[:6], stable[:30], batch_size=2, sequential=True)
+    assert all(b.any() for n, b in model.named_buffers() if n.endswith("edit_keys"))
+    # after all three batches the first batch's targets still rank better than before any edit, and the
+    # last batch's rank first
+    assert float(report.edit_ranks_after[:2].mean()) < float(report.edit_ranks_before[:2].mean())
+    assert (report.edit_ranks_after[4:6] == 1).all()
+    report.rollback()
+    assert _same(before, _state(model))
+    assert all(torch.equal(b, memory[n]) for n, b in model.named_buffers() if n.endswith("edit_keys"))

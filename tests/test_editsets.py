@@ -24,10 +24,11 @@ from kg_data import EditSet, KGDataError, KnowledgeGraph, Triple, load_dataset, 
 
 # Small, fast builds (tiny encoder, 1 layer, no text). UMLS queries have ~7 true answers on average, so a
 # corrupted fact is only learnt at raw rank 1 when its query has one answer: the EDIT build uses max_answers=1.
-E_TRAIN = dict(epochs=8, batch_size=64, lr=3e-3, label_smoothing=0.0, patience=None, progress=False, seed=0)
-A_TRAIN = dict(epochs=3, batch_size=64, lr=3e-3, label_smoothing=0.0, patience=None, progress=False, seed=0)
-MODEL = dict(encoder="tiny", use_text=False, layers=1)
-E_SIZE, A_SIZE, STABLE = 40, 40, 200
+# Sized so that the KGEditor-vs-FT acceptance below judges a few dozen test edits.
+E_TRAIN = dict(epochs=10, batch_size=64, lr=3e-3, label_smoothing=0.0, patience=None, progress=False, seed=0)
+A_TRAIN = dict(epochs=6, batch_size=64, lr=3e-3, label_smoothing=0.0, patience=None, progress=False, seed=0)
+MODEL = dict(encoder="tiny", use_text=False, layers=2)
+E_SIZE, E_CANDIDATES, A_SIZE, STABLE = 200, 600, 100, 300
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +54,7 @@ def true_triples(umls) -> set[Triple]:
 @pytest.fixture(scope="module")
 def e_build(umls, tmp_path_factory) -> EditSetBuild:
     out = tmp_path_factory.mktemp("e-umls")
-    return build_editset(umls, "edit", out, **MODEL, size=E_SIZE, candidates=150, max_answers=1, stable_size=STABLE,
+    return build_editset(umls, "edit", out, **MODEL, size=E_SIZE, candidates=E_CANDIDATES, max_answers=1, stable_size=STABLE,
                          seed=0, train_config=TrainConfig(**E_TRAIN))
 
 
@@ -165,7 +166,7 @@ def test_edit_build_files_and_counts(e_build, umls):
     assert info == e_build.info
     assert info["kind"] == "edit" and info["dataset"] == "umls" and info["seed"] == 0
     counts = info["counts"]
-    assert counts["corrupted"] == 150 and 0 < counts["memorised"] <= 150
+    assert 0 < counts["memorised"] <= counts["corrupted"] <= E_CANDIDATES  # max_answers=1 leaves fewer
     assert counts["edit_cases"] == {s: len(loaded.cases[s]) for s in ("train", "dev", "test")}
     assert counts["edit_cases_total"] == min(E_SIZE, counts["memorised"])
     assert all(n > 0 for n in counts["edit_cases"].values())
@@ -205,9 +206,9 @@ def test_add_build_files_counts_and_invariants(a_build, umls):
     loaded = EditSet.load(out)
     info = json.loads((out / "editset.json").read_text())
     counts = info["counts"]
-    assert info["kind"] == "add" and counts["held_out"] == 60  # 1.5 x size by default
+    assert info["kind"] == "add" and counts["held_out"] == 3 * A_SIZE // 2  # 1.5 x size by default
     assert counts["edit_cases_total"] == A_SIZE and all(n > 0 for n in counts["edit_cases"].values())
-    assert counts["edit_cases"] == {"train": 24, "dev": 8, "test": 8}
+    assert counts["edit_cases"] == {"train": 60, "dev": 20, "test": 20}
     assert counts["stable"] == len(loaded.stable) == STABLE
     cases = [c for split in loaded.cases.values() for c in split]
     assert all(c.kind == "add" and c.wrong is None for c in cases)
@@ -216,7 +217,7 @@ def test_add_build_files_counts_and_invariants(a_build, umls):
     assert (_ranks(model, cases) > 1).all()
     assert (_ranks(model, loaded.stable) == 1).all()
     held = set(read_triples(out / "heldout.tsv"))
-    assert len(held) == 60 and {c.triple for c in cases} <= held
+    assert len(held) == 3 * A_SIZE // 2 and {c.triple for c in cases} <= held
     assert not held & {f.triple for f in loaded.stable}
     assert held <= set(umls.triples("train"))
     print(f"\nA-UMLS build: {a_build.seconds} counts={counts}")
@@ -231,7 +232,7 @@ def test_existing_output_needs_overwrite(a_build, umls):
 def test_cli_build_repeats_the_api_build_exactly(a_build, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["editset", "build", "--dataset", "umls", "--kind", "add", "--out", str(out), "--encoder", "tiny",
-            "--no-text", "--layers", "1", "--size", str(A_SIZE), "--stable-size", str(STABLE), "--seed", "0",
+            "--no-text", "--layers", str(MODEL["layers"]), "--size", str(A_SIZE), "--stable-size", str(STABLE), "--seed", "0",
             "--epochs", str(A_TRAIN["epochs"]), "--batch-size", str(A_TRAIN["batch_size"]), "--lr", str(A_TRAIN["lr"]),
             "--label-smoothing", "0", "--no-progress", "--json"]
     assert main(args) == 0
@@ -263,3 +264,32 @@ def test_cli_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------ acceptance: KGEditor vs FT
+def _kgeditor_vs_ft(build: EditSetBuild, tmp_path: Path) -> tuple[dict, dict]:
+    """Train KGEditor on the build's train/dev cases; edit its test cases with KGEditor and with FT."""
+    from deltakg.editing import get_editor, run_edits
+    from deltakg.editing.methods.kgeditor import KGEditor, KGEditorConfig
+    from deltakg.editing.methods.kgeditor_training import train_kgeditor
+
+    editset = EditSet.load(build.out_dir)
+    model_dir = build.out_dir / "model"
+    config = KGEditorConfig.for_dataset("umls", epochs=8)
+    train_kgeditor(MaskedEntityModel.from_pretrained(model_dir), editset.cases["train"], editset.stable,
+                   tmp_path / "editor", config=config, dev_cases=editset.cases["dev"], progress=False)
+    test = editset.cases["test"]
+    kgeditor = run_edits(KGEditor.from_pretrained(tmp_path / "editor"), MaskedEntityModel.from_pretrained(model_dir),
+                         test, editset.stable, batch_size=2).metrics
+    ft = run_edits(get_editor("ft"), MaskedEntityModel.from_pretrained(model_dir), test, editset.stable,
+                   batch_size=2).metrics
+    return kgeditor, ft
+
+
+@pytest.mark.parametrize("kind", ["edit", "add"])
+def test_kgeditor_beats_ft_on_rk3_at_comparable_succ1(kind, e_build, a_build, tmp_path):
+    kgeditor, ft = _kgeditor_vs_ft(e_build if kind == "edit" else a_build, tmp_path)
+    print(f"{kind}: kgeditor {kgeditor}\n{kind}: ft {ft}")
+    assert kgeditor["rk@3"] > ft["rk@3"]
+    assert kgeditor["succ@1"] >= ft["succ@1"] - 0.1
+    assert kgeditor["succ@1"] >= 0.8

@@ -34,6 +34,9 @@ class SideFFN(nn.Module):
         self.up = nn.Linear(extra, dense.out_features, bias=False)
         nn.init.normal_(self.down.weight, std=std)
         nn.init.zeros_(self.up.weight)
+        # second moment of the keys of the edits this slot holds (editors that protect earlier edits use it);
+        # a buffer, so that weight snapshots and rollback cover it; not saved with the model
+        self.register_buffer("edit_keys", torch.zeros(extra, extra), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The FFN output plus the slot's contribution."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.func import functional_call
 
 from kg_data.errors import KGDataError
 from kg_data.formats import read_json_object
@@ -43,6 +44,13 @@ class KGEditorConfig:
     max_condition_length: int = 64
     init_step: float = 100.0
     normalize_grad: bool = True
+    calibrate: bool = True
+    max_scale: float = 256.0
+    rounds: int = 3
+    whiten: bool = True
+    whiten_ridge: float = 0.01
+    edit_keys: bool = False
+    protect_weight: float = 100.0
     train_condition_embedding: bool = False
     margin: float = 0.1
     lr: float = 5e-4
@@ -84,6 +92,9 @@ class KGEditor(Editor):
         self.hypernet: KEHypernetwork | None = None
         self._state, self._slot_init = state, slot_init
         self.slot_names: list[str] = []
+        # per ``up`` weight: the slot keys' second moment plus the ridge, and its inverse (see :meth:`fit_keys`)
+        self.key_moment: dict[str, torch.Tensor] = {}
+        self.key_inverse: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------------------- set-up
     def prepare(self, target: KGETarget) -> None:
@@ -106,7 +117,7 @@ class KGEditor(Editor):
                     named[name].copy_(self._slot_init[name])
         self._slot_init = {name: named[name].detach().clone() for name in self.slot_names}
         words = model.encoder.get_input_embeddings().weight
-        shapes = {name: tuple(named[name].shape) for name in self.slot_names}
+        shapes = {name: tuple(named[name].shape) for name in self.edited_names}
         self.hypernet = KEHypernetwork(
             words, shapes, pad_id=model.config.special_ids["pad"], lstm_hidden=self.config.lstm_hidden,
             cond_dim=self.config.cond_dim, hidden=self.config.hidden, init_step=self.config.init_step,
@@ -117,10 +128,23 @@ class KGEditor(Editor):
         if self._state is not None:
             self.hypernet.load_state_dict(self._state)
         self.hypernet.eval()
+        if self.config.whiten and not self.key_moment:
+            self.fit_keys(target)
+
+    @property
+    def edited_names(self) -> list[str]:
+        """The slot weights edits write: the ``up`` (value) matrices, plus ``down`` (keys) with ``edit_keys``.
+
+        Beyond the paper, which updates both: once ``up`` is non-zero a key update moves the keys of every
+        query passing the slot (and invalidates the key statistics of :meth:`fit_keys`), which is what
+        damaged unrelated facts in repeated and sequential edits.
+        """
+        return [n for n in self.slot_names if self.config.edit_keys or n.endswith(".up.weight")]
 
     def touched(self, target: KGETarget) -> list[str]:
-        """The slot weights."""
-        return list(self.slot_names)
+        """The slot weights edits write, and the slots' memory of edited keys."""
+        memory = [f"{name[: -len('.up.weight')]}.edit_keys" for name in self.slot_names if name.endswith(".up.weight")]
+        return self.edited_names + (memory if self.config.whiten and self.config.protect_weight > 0 else [])
 
     def parameter_counts(self, target: KGETarget) -> dict[str, int]:
         """Hypernetwork parameters (trained) and slot parameters (added to the model)."""
@@ -140,25 +164,186 @@ class KGEditor(Editor):
         device = target.model.entity_bias.device
         return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
+    @torch.no_grad()
+    def fit_keys(self, target: KGETarget, facts: EncodedFacts | None = None, *, samples: int = 4096,
+                 batch_size: int = 256) -> None:
+        """Estimate, per slot, the second moment ``C`` of its keys ``down(x)`` at the mask position; edits then
+        use ``G C^-1``.
+
+        Beyond the paper: an update ``G C^-1`` of ``up`` (instead of ``G``) changes the slot's output for a
+        key ``k'`` by ``k'^T C^-1 k``, the least-squares choice that disturbs the typical key least (ROME's
+        covariance trick applied to the slot); raw keys share a large common component, so an unwhitened
+        update leaks into every query. The keys are those of ``facts``' queries or, by default, of
+        ``samples`` random (entity, relation, side) queries drawn with the editor's seed, which needs no data
+        beyond the model's vocabularies (and none of the facts used to judge the edits). ``whiten_ridge``
+        times the mean eigenvalue is added to the diagonal.
+        """
+        model = target.model
+        if facts is None:
+            generator = torch.Generator().manual_seed(self.config.seed)
+            n_ent, n_rel = model.config.num_entities, model.config.num_relations
+            entity = torch.randint(n_ent, (samples,), generator=generator)
+            triples = torch.stack([entity, torch.randint(n_rel, (samples,), generator=generator), entity], dim=1)
+            sides = torch.randint(2, (samples,), generator=generator)
+            facts = EncodedFacts(triples, sides, entity)
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for start in range(0, len(facts), batch_size):
+            keys = self.slot_keys(target, facts.select(slice(start, start + batch_size)))
+            for path, k in keys.items():
+                sums[path] = sums.get(path, 0) + k.double().T @ k.double()
+            count += min(batch_size, len(facts) - start)
+        for path, total in sums.items():
+            moment = total / max(count, 1)
+            ridge = self.config.whiten_ridge * float(moment.diagonal().mean())
+            moment = moment + ridge * torch.eye(moment.shape[0], dtype=moment.dtype, device=moment.device)
+            self.key_moment[f"{path}.up.weight"] = moment.float()
+        self.key_inverse = _inverses(self.key_moment)
+
+    @torch.no_grad()
+    def slot_keys(self, target: KGETarget, facts: EncodedFacts) -> dict[str, torch.Tensor]:
+        """Per slot (module path), the keys ``down(x)`` at the facts' mask positions, (b, extra)."""
+        model = target.model
+        paths = [name[: -len(".up.weight")] for name in self.slot_names if name.endswith(".up.weight")]
+        current: dict[str, torch.Tensor] = {}
+
+        def hook(path):
+            def fn(module, args, output):
+                current[path] = output.detach()
+            return fn
+
+        handles = [model.get_submodule(path).down.register_forward_hook(hook(path)) for path in paths]
+        was_training = model.training
+        model.eval()
+        try:
+            inputs = target.inputs(facts)
+            model(**inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            model.train(was_training)
+        rows = torch.arange(len(facts), device=inputs["mask_positions"].device)
+        return {path: keys[rows, inputs["mask_positions"]] for path, keys in current.items()}
+
+    def slot_gradients(self, target: KGETarget, cases: EncodedFacts) -> dict[str, torch.Tensor]:
+        """Per-edit gradients of the slot weights, whitened on the key side where :meth:`fit_keys` ran."""
+        grads = per_edit_gradients(target, cases, self.edited_names)
+        if self.config.whiten:
+            named_buffers = dict(target.model.named_buffers())
+            for name, inverse in self.key_inverse.items():
+                memory = named_buffers[f"{name[: -len('.up.weight')]}.edit_keys"]
+                if bool(memory.any()):  # earlier edits held by the slot: keep their keys out of the update
+                    inverse = torch.linalg.inv(self.key_moment[name].to(memory.device) + memory)
+                grads[name] = grads[name] @ inverse.to(grads[name].device)
+        return grads
+
+    @torch.no_grad()
+    def remember(self, target: KGETarget, cases: EncodedFacts) -> None:
+        """Add the edited cases' keys, weighted by ``protect_weight``, to their slots' memory.
+
+        Beyond the paper (which never edits sequentially): later updates are whitened against the keys of
+        the edits a slot already holds, so they leave those edits (nearly) unchanged, as MEMIT keeps earlier
+        edits in its covariance term. The memory is a model buffer: rollback restores it with the weights.
+        """
+        if not (self.config.whiten and self.config.protect_weight > 0):
+            return
+        named_buffers = dict(target.model.named_buffers())
+        scale = self.config.protect_weight
+        for path, keys in self.slot_keys(target, cases).items():
+            memory = named_buffers[f"{path}.edit_keys"]
+            reference = float(self.key_moment[f"{path}.up.weight"].diagonal().mean())
+            # relative to the typical key: keys are normalised to the moment's mean eigenvalue
+            keys = keys.double() / keys.double().norm(dim=1, keepdim=True).clamp(min=1e-12)
+            memory.add_((scale * reference * keys.T @ keys).to(memory.dtype))
+
     def updates(self, target: KGETarget, cases: EncodedFacts) -> dict[str, torch.Tensor]:
         """The hypernetwork's slot updates for a batch (differentiable w.r.t. the hypernetwork)."""
-        grads = per_edit_gradients(target, cases, self.slot_names)
+        grads = self.slot_gradients(target, cases)
         ids, mask = self.condition_inputs(target, cases)
         return self.hypernet(ids, mask, grads)
 
     def edit(self, target: KGETarget, cases: EncodedFacts) -> None:
-        """Add the hypernetwork's updates to the slot weights."""
+        """Add the hypernetwork's updates (scaled by :meth:`calibrated_scale` when ``calibrate``) to the slots.
+
+        With ``calibrate``, up to ``rounds`` updates are made, each from the gradients at the slots as the
+        previous round left them, until every target ranks first (one round is KE's/the paper's edit).
+        """
         if self.hypernet is None:
             raise RuntimeError("call prepare() (or run_edits) before edit()")
-        with torch.no_grad():
-            deltas = self.updates(target, cases)
         named = dict(target.model.named_parameters())
-        for name, delta in deltas.items():
-            apply_delta(named[name], delta, name=name)
+        for _ in range(self.config.rounds if self.config.calibrate else 1):
+            with torch.no_grad():
+                deltas = self.updates(target, cases)
+                scale, done = self.calibrated_scale(target, cases, deltas) if self.config.calibrate else (1.0, True)
+            for name, delta in deltas.items():
+                apply_delta(named[name], scale * delta, name=name)
+            if done:
+                break
+        self.remember(target, cases)
+
+    @torch.no_grad()
+    def calibrated_scale(self, target: KGETarget, cases: EncodedFacts,
+                         deltas: dict[str, torch.Tensor]) -> tuple[float, bool]:
+        """The smallest multiple of the update that makes every case's target rank first, and whether one did.
+
+        Beyond the paper: the hypernetwork's step is right on average but too long for some edits (needless
+        damage to other facts) and too short for others (a failed edit). Like FT stopping once the targets
+        rank first, the scale is searched by doubling or halving from 1 (then two bisection steps in log
+        space), at the cost of a few forward passes of the edit batch. If no scale up to ``max_scale``
+        succeeds, the one with the lowest edit loss is returned with ``False``.
+        """
+        model = target.model
+        named = dict(model.named_parameters())
+        inputs = target.inputs(cases)
+        targets = cases.targets.to(model.entity_bias.device)
+        was_training = model.training
+        model.eval()
+        tried: dict[float, tuple[int, float]] = {}
+
+        def hits(scale: float) -> int:
+            if scale not in tried:
+                params = {name: named[name] + scale * delta for name, delta in deltas.items()}
+                scores = functional_call(model, params, args=(), kwargs=inputs)
+                loss = float(torch.nn.functional.cross_entropy(scores, targets))
+                tried[scale] = (int((scores.argmax(dim=1) == targets).sum()), loss)
+            return tried[scale][0]
+
+        try:
+            need = len(cases)
+            lo, hi = None, None  # the largest failing and the smallest succeeding scale seen
+            scale = 1.0
+            if hits(scale) == need:
+                hi = scale
+                while scale > 1.0 / 64:
+                    scale /= 2
+                    if hits(scale) < need:
+                        lo = scale
+                        break
+                    hi = scale
+            else:
+                lo = scale
+                while scale < self.config.max_scale:
+                    scale *= 2
+                    if hits(scale) == need:
+                        hi = scale
+                        break
+                    lo = scale
+            if hi is None:
+                return min(tried, key=lambda s: tried[s][1]), False
+            if lo is not None:
+                for _ in range(2):
+                    mid = (lo * hi) ** 0.5
+                    if hits(mid) == need:
+                        hi = mid
+                    else:
+                        lo = mid
+            return hi, True
+        finally:
+            model.train(was_training)
 
     # ----------------------------------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``kgeditor.json``, the hypernetwork and the slots' initial weights."""
+        """Write ``kgeditor.json``, the hypernetwork, the slots' initial weights and the key statistics."""
         if self.hypernet is None:
             raise RuntimeError("nothing to save: the editor has not been prepared on a model")
         directory = Path(directory)
@@ -168,6 +353,8 @@ class KGEditor(Editor):
         save_file({k: v.detach().cpu().contiguous() for k, v in self.hypernet.state_dict().items()},
                   str(directory / "hypernetwork.safetensors"))
         save_file({k: v.cpu().contiguous() for k, v in self._slot_init.items()}, str(directory / "slots.safetensors"))
+        if self.key_moment:
+            save_file({k: v.cpu().contiguous() for k, v in self.key_moment.items()}, str(directory / "keys.safetensors"))
         return directory
 
     @classmethod
@@ -180,8 +367,16 @@ class KGEditor(Editor):
             raise KGDataError(f"an editor of method {meta.get('method')!r}, expected {cls.name!r}", path=meta_path)
         editor = cls(KGEditorConfig(**meta["config"]), state=load_file(str(directory / "hypernetwork.safetensors")),
                      slot_init=load_file(str(directory / "slots.safetensors")))
+        if (directory / "keys.safetensors").is_file():
+            editor.key_moment = load_file(str(directory / "keys.safetensors"))
+            editor.key_inverse = _inverses(editor.key_moment)
         return editor
 
     def layers_of(self, target: KGETarget) -> list[int]:
         """The absolute layer indices holding slots."""
         return resolve_layers(target.model, self.config.layers)
+
+
+def _inverses(moments: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # from the stored float32 moments, so that a saved and reloaded editor computes bit-identical updates
+    return {name: torch.linalg.inv(m.double()).float() for name, m in moments.items()}

@@ -45,7 +45,7 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
         self.register_buffer("lagrange", torch.zeros(()))
         target.model.eval()  # dropout off: the updates must work on the deterministic model
         for name, param in target.model.named_parameters():
-            param.requires_grad_(name in editor.slot_names)  # slot grads are inputs G; nothing else needs grads
+            param.requires_grad_(name in editor.edited_names)  # slot grads are inputs G; nothing else needs grads
 
     # the KGE is not a submodule (it is never trained), so Lightning neither saves nor moves it
     def train_dataloader(self) -> DataLoader:
@@ -68,6 +68,10 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
     def _edited_losses(self, cases: EncodedFacts, stable: EncodedFacts) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.target.model
         deltas = self.editor.updates(self.target, cases)
+        if self.config.calibrate:
+            # train in the regime of use: the edit's length is calibrated, the hypernetwork learns its direction
+            scale, _ = self.editor.calibrated_scale(self.target, cases, {k: v.detach() for k, v in deltas.items()})
+            deltas = {name: scale * delta for name, delta in deltas.items()}
         named = dict(model.named_parameters())
         params = {name: named[name].detach() + delta for name, delta in deltas.items()}
         edit_scores = functional_call(model, params, args=(), kwargs=self.target.inputs(cases))
@@ -78,6 +82,10 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
         edited = F.log_softmax(functional_call(model, params, args=(), kwargs=stable_inputs), dim=-1)
         kl = F.kl_div(edited, original, log_target=True, reduction="batchmean")  # KL(original || edited)
         return ce, kl
+
+    def _validation_stable(self, size: int = 64) -> EncodedFacts:
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return self.stable.select(torch.randperm(len(self.stable), generator=generator)[:size])
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Edit CE plus the Lagrangian KL term; lambda ascends on the constraint violation."""
@@ -95,20 +103,23 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
         self._dev: list[torch.Tensor] = []
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        """Succ@1 of each dev batch edited alone, and the KL it causes on a fixed stable sample."""
+        """Succ@1 of each dev batch edited alone (the editor's real edit), and the share of a fixed stable
+        sample whose top entity it leaves unchanged."""
+        from ..editor import apply_edit
+
         cases = self.dev_cases.select(batch.cpu())
-        with torch.enable_grad():
-            deltas = self.editor.updates(self.target, cases)
         model = self.target.model
-        named = dict(model.named_parameters())
-        params = {name: named[name].detach() + delta.detach() for name, delta in deltas.items()}
+        stable_inputs = self.target.inputs(self._validation_stable())
         with torch.no_grad():
-            scores = functional_call(model, params, args=(), kwargs=self.target.inputs(cases))
-            hit = (scores.argmax(dim=1).cpu() == cases.targets).double()
-            stable = self._stable_batch(-1)
-            stable_inputs = self.target.inputs(stable)
-            kept = (functional_call(model, params, args=(), kwargs=stable_inputs).argmax(dim=1).cpu()
-                    == model(**stable_inputs).argmax(dim=1).cpu()).double()
+            before = model(**stable_inputs).argmax(dim=1).cpu()
+        with torch.enable_grad():
+            handle = apply_edit(self.editor, self.target, cases, check=False)
+        try:
+            with torch.no_grad():
+                hit = (self.target.scores(cases).argmax(dim=1).cpu() == cases.targets).double()
+                kept = (model(**stable_inputs).argmax(dim=1).cpu() == before).double()
+        finally:
+            handle.rollback()
         self._dev.append(torch.stack([hit.sum(), torch.tensor(float(len(hit)), dtype=torch.float64),
                                       kept.mean()]))
 
