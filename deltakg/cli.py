@@ -113,6 +113,7 @@ _TRAIN_OPTIONS = {
     "lr": "lr", "encoder_lr": "encoder_lr", "label_smoothing": "label_smoothing", "val_subset": "val_subset",
     "pretrain_epochs": "pretrain_epochs", "seed": "seed", "accelerator": "accelerator", "devices": "devices",
     "strategy": "strategy", "num_nodes": "num_nodes", "precision": "precision",
+    "gradient_checkpointing": "gradient_checkpointing",
 }
 
 
@@ -218,6 +219,7 @@ def _cmd_editset_build(args: argparse.Namespace) -> int:
             encoder=args.encoder,
             use_text=not args.no_text,
             layers=args.layers,
+            max_length=args.max_length,
             size=args.size,
             candidates=args.candidates,
             oversample=args.oversample,
@@ -276,7 +278,9 @@ def _cmd_train_editor(args: argparse.Namespace) -> int:
     if "train" not in editset.cases:
         raise CommandError(f"--editset: {args.editset} has no train.jsonl to train the editor on")
     config = KGEditorConfig.for_dataset(model.config.dataset, epochs=args.epochs, seed=args.seed,
-                                        extra=args.extra, layers=args.layers)
+                                        extra=args.extra, layers=args.layers, rounds=args.rounds,
+                                        whiten=False if args.no_whiten else None,
+                                        calibrate=False if args.no_calibrate else None)
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         _, metrics = train_kgeditor(model, editset.cases["train"], editset.stable, args.out, config=config,
                                     dev_cases=editset.cases.get("dev"), max_time_minutes=args.max_time,
@@ -362,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
     train.add_argument("--num-nodes", type=int, default=1)
     train.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed")
+    train.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute encoder activations in the backward pass: less memory, ~30%% more time")
     train.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoints/last.ckpt")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--out", required=True, help="output folder (the saved model, checkpoints, logs)")
@@ -391,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     es_build.add_argument("--encoder", default="tiny",
                           help=f"{' | '.join(ENCODER_CHOICES)} | a local model folder (default: tiny)")
     es_build.add_argument("--layers", type=int, default=None, help="keep only the first N encoder layers")
+    es_build.add_argument("--max-length", type=int, default=64, help="max tokens per query (default 64)")
     es_build.add_argument("--no-text", action="store_true", help="entity/relation tokens only, no texts")
     es_build.add_argument("--size", type=int, default=500, help="edit cases wanted, all splits (default 500)")
     es_build.add_argument("--candidates", type=_count_or_fraction, default=None,
@@ -429,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_editor.add_argument("--max-time", type=float, default=None, metavar="MINUTES")
     train_editor.add_argument("--extra", type=int, default=None, help="slot width (default per dataset)")
     train_editor.add_argument("--layers", type=int, nargs="+", default=None, help="slot layers, negative from the end")
+    train_editor.add_argument("--rounds", type=int, default=None, help="most calibrated updates per edit")
+    train_editor.add_argument("--no-whiten", action="store_true",
+                              help="use raw slot gradients (the paper) instead of key-whitened ones")
+    train_editor.add_argument("--no-calibrate", action="store_true",
+                              help="one update of the hypernetwork's length per edit (the paper)")
     train_editor.add_argument("--seed", type=int, default=None)
     train_editor.add_argument("--no-progress", action="store_true")
     train_editor.add_argument("--json", action="store_true", help="print one JSON object")

@@ -216,8 +216,11 @@ def test_cli_edit_and_train_editor(base, tmp_path, capsys):
     for key in ("succ@1", "succ@3", "er_roc", "rk@3", "rk_roc", "time_per_edit_s", "params"):
         assert key in payload
     assert main(["train-editor", "--method", "kgeditor", "--model", str(out), "--editset", str(tmp_path / "es"),
-                 "--out", str(tmp_path / "ed"), "--epochs", "1", "--no-progress", "--json"]) == 0
+                 "--out", str(tmp_path / "ed"), "--epochs", "1", "--rounds", "2", "--no-progress", "--json"]) == 0
     capsys.readouterr()
+    saved = json.loads((tmp_path / "ed" / "kgeditor.json").read_text())["config"]
+    assert saved["rounds"] == 2 and saved["whiten"] and saved["calibrate"]
+    assert (tmp_path / "ed" / "keys.safetensors").is_file()
     assert main(["edit", "--model", str(out), "--editset", str(tmp_path / "es"), "--method", "kgeditor",
                  "--editor", str(tmp_path / "ed"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "kgeditor"

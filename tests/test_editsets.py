@@ -293,3 +293,21 @@ def test_kgeditor_beats_ft_on_rk3_at_comparable_succ1(kind, e_build, a_build, tm
     assert kgeditor["rk@3"] > ft["rk@3"]
     assert kgeditor["succ@1"] >= ft["succ@1"] - 0.1
     assert kgeditor["succ@1"] >= 0.8
+
+
+def test_edit_table_benchmark_smoke(e_build, capsys):
+    """The paper-table benchmark script on the CI E-UMLS set (one editor epoch)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "edit_table.py"
+    spec = importlib.util.spec_from_file_location("edit_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--editset", str(e_build.out_dir), "--editor-epochs", "1"]) == 0
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out.strip().splitlines()[-1])
+    rows = payload["results"][0]["rows"]
+    assert set(rows) == {"ZSL", "FT", "KGEditor"}
+    assert rows["ZSL"]["succ@1"] == 0.0 and rows["ZSL"]["rk@3"] == 1.0
+    assert rows["FT"]["edits"] == rows["KGEditor"]["edits"] == len(EditSet.load(e_build.out_dir).cases["test"])
+    assert "| KGEditor |" in captured.err

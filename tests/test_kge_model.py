@@ -158,6 +158,18 @@ def test_resume_matches_uninterrupted_run(nations, tmp_path):
         assert torch.allclose(m1.score(nations.test, "tail"), m2.score(nations.test, "tail"), atol=1e-5)
 
 
+def test_gradient_checkpointing_trains_the_same_model(nations, tmp_path):
+    plain = train_model(nations, tmp_path / "plain", encoder="tiny", use_text=False, config=_config(epochs=1))
+    saved = train_model(nations, tmp_path / "ckpt", encoder="tiny", use_text=False,
+                        config=_config(epochs=1, gradient_checkpointing=True))
+    assert saved.model.encoder.is_gradient_checkpointing
+    # recomputation replays the same dropout masks: the same losses and (up to float noise) the same weights
+    assert _epoch_losses(saved.out)[0] == pytest.approx(_epoch_losses(plain.out)[0], rel=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(plain.model.score(nations.test, "tail"), saved.model.score(nations.test, "tail"),
+                              atol=1e-4)
+
+
 class _SendSignal(pl.Callback):
     def __init__(self, signum: int, at_step: int) -> None:
         self.signum, self.at_step = signum, at_step

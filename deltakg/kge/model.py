@@ -168,8 +168,11 @@ class MaskedEntityModel(nn.Module):
         return self.transform(at_mask)
 
     def decode(self, states: torch.Tensor) -> torch.Tensor:
-        """Scores over all entities from mask states, ``(b, num_entities)``."""
-        return states @ self.entity_embeddings.weight.t() + self.entity_bias
+        """Scores over all entities from mask states, ``(b, num_entities)``, always in float32."""
+        # under bf16 autocast the encoder runs in bf16, but scores of 10^4-10^5 entities in bf16 (8 bits of
+        # mantissa) tie far more often and would change ranks; the decoder is ~1% of the FLOPs
+        with torch.autocast(states.device.type, enabled=False):
+            return states.float() @ self.entity_embeddings.weight.float().t() + self.entity_bias.float()
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_positions: torch.Tensor

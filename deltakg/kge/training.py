@@ -27,7 +27,7 @@ from kg_data import KnowledgeGraph
 from .lightning import DescriptionPretrainingModule, LinkPredictionModule, TripleDataModule
 from .model import MaskedEntityModel
 
-__all__ = ["TrainConfig", "TrainResult", "train_model"]
+__all__ = ["TrainConfig", "TrainResult", "train_model", "bound_allocator_caching"]
 
 
 @dataclass
@@ -56,6 +56,8 @@ class TrainConfig:
     precision: str = "32-true"
     resume: bool = True
     progress: bool = True
+    bound_memory: bool = True
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -90,6 +92,28 @@ def _trainer(config: TrainConfig, out: Path, callbacks: list, *, max_epochs: int
     )
 
 
+def bound_allocator_caching(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve blocks >= ``threshold`` bytes with mmap and return them on free (Linux; else no-op).
+
+    glibc raises its mmap threshold each time a large block is freed, after which batches of varying
+    query length are carved from the heap and the freed pieces stay resident: peak RSS then creeps up over
+    an epoch. A fixed threshold keeps RSS at the live peak of the largest batch, at the cost of page faults
+    on each new large tensor (a few percent of a step here). Returns whether the setting took effect.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_trim_threshold, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def _quiet_lightning() -> None:
     # these hints (no GPU, few dataloader workers) are noise on CPU-only machines
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
@@ -114,9 +138,13 @@ def train_model(
     config = config or TrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if config.bound_memory:
+        bound_allocator_caching()
     _quiet_lightning()
     pl.seed_everything(config.seed, workers=True, verbose=False)
     model = MaskedEntityModel.for_graph(kg, encoder, layers=layers, max_length=max_length, use_text=use_text)
+    if config.gradient_checkpointing:
+        model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pretrained = encoder != "tiny"
     lr = config.lr if config.lr is not None else (5e-4 if pretrained else 1e-3)
     encoder_lr = config.encoder_lr if config.encoder_lr is not None else (5e-5 if pretrained else lr)
