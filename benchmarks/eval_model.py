@@ -3,7 +3,8 @@
 Runs the filtered evaluation (encode every query, score all entities, filter, rank) of a masked-entity
 model on FB15k-237 test (20,466 triples x 2 sides = 40,932 queries x 14,541 entities) and, in the same run,
 measures this machine's fp32 GEMM rate with torch. FLOPs are counted with ``torch.utils.flop_counter`` on a
-sample of batches (matmul/attention FLOPs; element-wise work is not counted, so the fraction is a floor).
+sample of queries, each encoded alone so that padding counts as waste (matmul/attention FLOPs; element-wise
+work is not counted, so the fraction is a floor).
 
     python benchmarks/eval_model.py [--model DIR] [--encoder minilm] [--limit N] [--data-dir DIR]
 
@@ -47,8 +48,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--no-text", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test triples")
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=None, help="queries per batch (default: by memory, as the CLI)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--flop-sample", type=int, default=256, help="queries per side whose FLOPs are counted")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: torch.autocast to bfloat16 (AMX/AVX512-BF16 CPUs); the rate is still compared "
                              "with the fp32 GEMM rate, and with the bf16 one")
@@ -76,11 +78,13 @@ def main() -> None:
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     with torch.inference_mode(), autocast:
-        sample = triples[: min(len(triples), args.batch_size)]
+        # useful work: FLOPs of each sample query encoded alone (no padding), so padding counts as waste
+        sample = triples[: min(len(triples), args.flop_sample)]
         counter = FlopCounterMode(display=False)
         with counter:
             for side in ("head", "tail"):
-                model.score(sample, side)
+                for i in range(len(sample)):
+                    model.score(sample[i : i + 1], side)
         flops_per_query = counter.get_total_flops() / (2 * len(sample))
 
         rate = gemm_rate()

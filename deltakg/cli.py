@@ -167,7 +167,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise CommandError(f"--split: dataset {kg.name!r} has no split {args.split!r} (has {', '.join(kg.splits)})")
     filter_index = None if args.raw else FilterIndex(kg.all_triples(), kg.num_entities)
     started = time.perf_counter()
-    with torch.inference_mode():
+    # bf16: the encoder under autocast (2x faster on AMX CPUs here); the entity scores stay float32
+    autocast = torch.autocast(model.entity_bias.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    with torch.inference_mode(), autocast:
         result = evaluate_ranking(
             model.score,
             kg.splits[args.split],
@@ -178,7 +180,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     payload = result.to_dict()
     payload.update(
-        dataset=kg.name, split=args.split, filtered=not args.raw, rank="realistic",
+        dataset=kg.name, split=args.split, filtered=not args.raw, rank="realistic", precision=args.precision,
         queries=int(result.all_ranks().numel()), seconds=time.perf_counter() - started,
     )
     rows = [("both", payload)] + [(side, payload[side]) for side in ("head", "tail") if side in payload]
@@ -380,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("valid", "test"), default="test")
     evaluate.add_argument("--raw", action="store_true", help="raw ranks (no filtering of other true answers)")
     evaluate.add_argument("--batch-size", type=int, default=None, help="queries per batch (default: by memory)")
+    evaluate.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                          help="bf16: encoder in bfloat16 autocast, scores in float32 (default fp32)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=_cmd_evaluate)

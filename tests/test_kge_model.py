@@ -211,6 +211,10 @@ def test_cli_train_and_evaluate(trained_nations, capsys):
                              "--split", "valid", "--raw", "--json", "--no-progress"], capsys)
     raw = json.loads(out)
     assert code == 0 and raw["filtered"] is False and raw["mrr"] <= payload["mrr"] + 0.2
+    code, out, _ = _run_cli(["evaluate", "--model", str(trained_nations.out), "--dataset", "nations",
+                             "--split", "test", "--precision", "bf16", "--json", "--no-progress"], capsys)
+    bf16 = json.loads(out)
+    assert code == 0 and bf16["precision"] == "bf16" and bf16["mrr"] == pytest.approx(payload["mrr"], abs=0.03)
 
 
 def test_cli_vocabulary_mismatch_exit_2(trained_nations, capsys):

@@ -187,9 +187,27 @@ class MaskedEntityModel(nn.Module):
         device = self.entity_bias.device
         return {k: v.to(device) for k, v in self.builder.build(triples.cpu(), sides).items()}
 
-    def score(self, triples: torch.Tensor, side: str) -> torch.Tensor:
-        """Scores of every entity as the hidden ``side`` of each triple, ``(b, num_entities)``."""
-        return self(**self.inputs(triples, side))
+    def score(self, triples: torch.Tensor, side: str, *, chunk: int = 128) -> torch.Tensor:
+        """Scores of every entity as the hidden ``side`` of each triple, ``(b, num_entities)``.
+
+        Queries are encoded in chunks of ``chunk`` sorted by length, each padded only to its own longest
+        query: with texts, padding a large batch to its longest query wasted a fifth of the encoder's work.
+        """
+        inputs = self.inputs(triples, side)
+        if inputs["input_ids"].shape[0] <= chunk:
+            return self(**inputs)
+        lengths = inputs["attention_mask"].sum(dim=1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        out = None
+        for start in range(0, order.numel(), chunk):
+            index = order[start : start + chunk]
+            width = int(lengths[index].max())
+            part = self(inputs["input_ids"][index, :width], inputs["attention_mask"][index, :width],
+                        inputs["mask_positions"][index])
+            if out is None:
+                out = part.new_empty((order.numel(), part.shape[1]))
+            out[index] = part
+        return out
 
     # ------------------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -8,6 +8,7 @@ KL Lagrangian on stable facts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -238,23 +239,30 @@ class KGEditor(Editor):
         return grads
 
     @torch.no_grad()
-    def remember(self, target: KGETarget, cases: EncodedFacts) -> None:
+    def remember(self, target: KGETarget, cases: EncodedFacts, *, keys: dict[str, torch.Tensor] | None = None) -> None:
         """Add the edited cases' keys, weighted by ``protect_weight``, to their slots' memory.
 
         Beyond the paper (which never edits sequentially): later updates are whitened against the keys of
         the edits a slot already holds, so they leave those edits (nearly) unchanged, as MEMIT keeps earlier
         edits in its covariance term. The memory is a model buffer: rollback restores it with the weights.
+        ``keys``: the slots' (b, L, extra) key tensors of ``cases`` if already computed.
         """
         if not (self.config.whiten and self.config.protect_weight > 0):
             return
+        if keys is None:
+            at_mask = self.slot_keys(target, cases)
+        else:
+            positions = target.inputs(cases)["mask_positions"]
+            rows = torch.arange(len(cases), device=positions.device)
+            at_mask = {path: k[rows, positions] for path, k in keys.items()}
         named_buffers = dict(target.model.named_buffers())
         scale = self.config.protect_weight
-        for path, keys in self.slot_keys(target, cases).items():
+        for path, keys_ in at_mask.items():
             memory = named_buffers[f"{path}.edit_keys"]
             reference = float(self.key_moment[f"{path}.up.weight"].diagonal().mean())
             # relative to the typical key: keys are normalised to the moment's mean eigenvalue
-            keys = keys.double() / keys.double().norm(dim=1, keepdim=True).clamp(min=1e-12)
-            memory.add_((scale * reference * keys.T @ keys).to(memory.dtype))
+            keys_ = keys_.double() / keys_.double().norm(dim=1, keepdim=True).clamp(min=1e-12)
+            memory.add_((scale * reference * keys_.T @ keys_).to(memory.dtype))
 
     def updates(self, target: KGETarget, cases: EncodedFacts) -> dict[str, torch.Tensor]:
         """The hypernetwork's slot updates for a batch (differentiable w.r.t. the hypernetwork)."""
@@ -271,15 +279,38 @@ class KGEditor(Editor):
         if self.hypernet is None:
             raise RuntimeError("call prepare() (or run_edits) before edit()")
         named = dict(target.model.named_parameters())
-        for _ in range(self.config.rounds if self.config.calibrate else 1):
-            with torch.no_grad():
+        keys: dict[str, torch.Tensor] = {}
+        for round_ in range(self.config.rounds if self.config.calibrate else 1):
+            with torch.no_grad(), self._capturing_keys(target, keys, enabled=round_ == 0):
                 deltas = self.updates(target, cases)
+            with torch.no_grad():
                 scale, done = self.calibrated_scale(target, cases, deltas) if self.config.calibrate else (1.0, True)
             for name, delta in deltas.items():
                 apply_delta(named[name], scale * delta, name=name)
             if done:
                 break
-        self.remember(target, cases)
+        self.remember(target, cases, keys=keys or None)
+
+    @contextlib.contextmanager
+    def _capturing_keys(self, target: KGETarget, store: dict[str, torch.Tensor], *, enabled: bool = True):
+        # the gradient pass already computes the keys of the cases (before the edit): keep them for remember()
+        if not enabled:
+            yield
+            return
+        model = target.model
+        paths = [name[: -len(".up.weight")] for name in self.slot_names if name.endswith(".up.weight")]
+
+        def hook(path):
+            def fn(module, args, output):
+                store[path] = output.detach()  # (b, L, extra); remember() picks the mask positions
+            return fn
+
+        handles = [model.get_submodule(path).down.register_forward_hook(hook(path)) for path in paths]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @torch.no_grad()
     def calibrated_scale(self, target: KGETarget, cases: EncodedFacts,
