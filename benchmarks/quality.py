@@ -134,6 +134,13 @@ def _metrics(d: dict[str, float]) -> dict[str, float]:
     return {k: round(float(d[k]), 5) for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10")}
 
 
+def _run_summary(test: dict[str, float], steps: int, steps_per_epoch: int, train_s: float, cpu_s: float,
+                 eval_s: float) -> dict[str, Any]:
+    """The fields every model's result shares: test metrics, training extent and times."""
+    return {**_metrics(test), "epochs": round(steps / steps_per_epoch, 2), "steps": steps,
+            "train_s": round(train_s, 1), "train_cpu_s": round(cpu_s, 1), "test_eval_s": round(eval_s, 1)}
+
+
 # ----------------------------------------------------------------------------------------------- ours
 def _lightning_curve(out: Path, steps_per_epoch: int) -> list[list[float]]:
     """[epochs trained, valid MRR] per validation, from the CSV log Lightning wrote for ``train_model``."""
@@ -187,12 +194,7 @@ def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str) 
     curve = _lightning_curve(Path(out), steps_per_epoch)
     shutil.rmtree(out, ignore_errors=True)
     return {
-        **_metrics(test.to_dict()),
-        "epochs": round(m["global_step"] / steps_per_epoch, 2),
-        "steps": m["global_step"],
-        "train_s": round(train_s, 1),
-        "train_cpu_s": round(cpu_s, 1),
-        "test_eval_s": round(eval_s, 1),
+        **_run_summary(test.to_dict(), m["global_step"], steps_per_epoch, train_s, cpu_s, eval_s),
         "best_valid_mrr": None if m["best_valid_mrr"] is None else round(m["best_valid_mrr"], 5),
         "validations": len(curve),
         "valid_curve": curve,
@@ -397,12 +399,7 @@ def run_pykeen(kg, name: str, minutes: float, cfg: dict[str, Any], seed: int, va
         score_diff = max(float((model.predict(probe, target=side) - pykeen_predict(probe, target=side)).abs().max())
                          for side in ("head", "tail"))
     return {
-        **_metrics(metrics),
-        "epochs": round(state["batches"] / steps_per_epoch, 2),
-        "steps": state["batches"],
-        "train_s": round(train_s, 1),
-        "train_cpu_s": round(cpu_s, 1),
-        "test_eval_s": round(eval_s, 1),
+        **_run_summary(metrics, state["batches"], steps_per_epoch, train_s, cpu_s, eval_s),
         "best_valid_mrr": round(state["best_mrr"], 5),
         "best_epoch": round(state["best_epoch"], 2),
         "validations": state["validations"],

@@ -38,7 +38,7 @@ class KGEditorConfig:
     """KGEditor hyperparameters (defaults per dataset in ``deltakg/configs/kgeditor.json``)."""
 
     layers: list[int] = field(default_factory=lambda: [-1])
-    extra: int = 16
+    extra: int = 128
     lstm_hidden: int = 128
     cond_dim: int = 1024
     hidden: int = 128
@@ -46,19 +46,19 @@ class KGEditorConfig:
     init_step: float = 100.0
     normalize_grad: bool = True
     calibrate: bool = True
-    max_scale: float = 256.0
-    rounds: int = 3
+    max_scale: float = 4.0
+    rounds: int = 6
     whiten: bool = True
     whiten_ridge: float = 0.01
     edit_keys: bool = False
     protect_weight: float = 100.0
     train_condition_embedding: bool = False
     margin: float = 0.1
-    lr: float = 5e-4
+    lr: float = 1e-4
     lambda_lr: float = 0.1
     edits_per_step: int = 2
     stable_per_step: int = 8
-    epochs: int = 20
+    epochs: int = 40
     patience: int = 5
     seed: int = 0
 
@@ -142,9 +142,14 @@ class KGEditor(Editor):
         """
         return [n for n in self.slot_names if self.config.edit_keys or n.endswith(".up.weight")]
 
+    @property
+    def slot_paths(self) -> list[str]:
+        """Module paths of the slots (each holds ``down``, ``up`` and the ``edit_keys`` buffer)."""
+        return [name[: -len(".up.weight")] for name in self.slot_names if name.endswith(".up.weight")]
+
     def touched(self, target: KGETarget) -> list[str]:
         """The slot weights edits write, and the slots' memory of edited keys."""
-        memory = [f"{name[: -len('.up.weight')]}.edit_keys" for name in self.slot_names if name.endswith(".up.weight")]
+        memory = [f"{path}.edit_keys" for path in self.slot_paths]
         return self.edited_names + (memory if self.config.whiten and self.config.protect_weight > 0 else [])
 
     def parameter_counts(self, target: KGETarget) -> dict[str, int]:
@@ -205,26 +210,16 @@ class KGEditor(Editor):
     def slot_keys(self, target: KGETarget, facts: EncodedFacts) -> dict[str, torch.Tensor]:
         """Per slot (module path), the keys ``down(x)`` at the facts' mask positions, (b, extra)."""
         model = target.model
-        paths = [name[: -len(".up.weight")] for name in self.slot_names if name.endswith(".up.weight")]
-        current: dict[str, torch.Tensor] = {}
-
-        def hook(path):
-            def fn(module, args, output):
-                current[path] = output.detach()
-            return fn
-
-        handles = [model.get_submodule(path).down.register_forward_hook(hook(path)) for path in paths]
+        keys: dict[str, torch.Tensor] = {}
         was_training = model.training
         model.eval()
         try:
             inputs = target.inputs(facts)
-            model(**inputs)
+            with self._capturing_keys(target, keys):
+                model(**inputs)
         finally:
-            for handle in handles:
-                handle.remove()
             model.train(was_training)
-        rows = torch.arange(len(facts), device=inputs["mask_positions"].device)
-        return {path: keys[rows, inputs["mask_positions"]] for path, keys in current.items()}
+        return _at_mask(keys, inputs["mask_positions"])
 
     def slot_gradients(self, target: KGETarget, cases: EncodedFacts) -> dict[str, torch.Tensor]:
         """Per-edit gradients of the slot weights, whitened on the key side where :meth:`fit_keys` ran."""
@@ -232,7 +227,7 @@ class KGEditor(Editor):
         if self.config.whiten:
             named_buffers = dict(target.model.named_buffers())
             for name, inverse in self.key_inverse.items():
-                memory = named_buffers[f"{name[: -len('.up.weight')]}.edit_keys"]
+                memory = named_buffers[f"{name[: -len('.up.weight')]}.edit_keys"]  # key_inverse is keyed by up
                 if bool(memory.any()):  # earlier edits held by the slot: keep their keys out of the update
                     inverse = torch.linalg.inv(self.key_moment[name].to(memory.device) + memory)
                 grads[name] = grads[name] @ inverse.to(grads[name].device)
@@ -249,12 +244,7 @@ class KGEditor(Editor):
         """
         if not (self.config.whiten and self.config.protect_weight > 0):
             return
-        if keys is None:
-            at_mask = self.slot_keys(target, cases)
-        else:
-            positions = target.inputs(cases)["mask_positions"]
-            rows = torch.arange(len(cases), device=positions.device)
-            at_mask = {path: k[rows, positions] for path, k in keys.items()}
+        at_mask = self.slot_keys(target, cases) if keys is None else _at_mask(keys, target.inputs(cases)["mask_positions"])
         named_buffers = dict(target.model.named_buffers())
         scale = self.config.protect_weight
         for path, keys_ in at_mask.items():
@@ -281,7 +271,9 @@ class KGEditor(Editor):
         named = dict(target.model.named_parameters())
         keys: dict[str, torch.Tensor] = {}
         for round_ in range(self.config.rounds if self.config.calibrate else 1):
-            with torch.no_grad(), self._capturing_keys(target, keys, enabled=round_ == 0):
+            # the first gradient pass computes the cases' keys before the edit: keep them for remember()
+            capture = self._capturing_keys(target, keys) if round_ == 0 else contextlib.nullcontext()
+            with torch.no_grad(), capture:
                 deltas = self.updates(target, cases)
             with torch.no_grad():
                 scale, done = self.calibrated_scale(target, cases, deltas) if self.config.calibrate else (1.0, True)
@@ -292,20 +284,16 @@ class KGEditor(Editor):
         self.remember(target, cases, keys=keys or None)
 
     @contextlib.contextmanager
-    def _capturing_keys(self, target: KGETarget, store: dict[str, torch.Tensor], *, enabled: bool = True):
-        # the gradient pass already computes the keys of the cases (before the edit): keep them for remember()
-        if not enabled:
-            yield
-            return
+    def _capturing_keys(self, target: KGETarget, store: dict[str, torch.Tensor]):
+        """While open, every forward pass writes each slot's (b, L, extra) keys into ``store`` by module path."""
         model = target.model
-        paths = [name[: -len(".up.weight")] for name in self.slot_names if name.endswith(".up.weight")]
 
         def hook(path):
             def fn(module, args, output):
-                store[path] = output.detach()  # (b, L, extra); remember() picks the mask positions
+                store[path] = output.detach()
             return fn
 
-        handles = [model.get_submodule(path).down.register_forward_hook(hook(path)) for path in paths]
+        handles = [model.get_submodule(path).down.register_forward_hook(hook(path)) for path in self.slot_paths]
         try:
             yield
         finally:
@@ -406,6 +394,12 @@ class KGEditor(Editor):
     def layers_of(self, target: KGETarget) -> list[int]:
         """The absolute layer indices holding slots."""
         return resolve_layers(target.model, self.config.layers)
+
+
+def _at_mask(keys: dict[str, torch.Tensor], positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    # (b, L, extra) keys -> (b, extra) keys at each query's mask position
+    rows = torch.arange(positions.shape[0], device=positions.device)
+    return {path: k[rows, positions.to(k.device)] for path, k in keys.items()}
 
 
 def _inverses(moments: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

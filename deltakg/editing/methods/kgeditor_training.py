@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from deltakg.kge.lightning import EpochShuffleSampler, IndexDataset, _RngStateMixin
 from deltakg.kge.model import MaskedEntityModel
 
+from ..editor import apply_edit
 from ..target import EncodedFacts, KGETarget
 from .kgeditor import KGEditor, KGEditorConfig
 
@@ -105,8 +106,6 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         """Succ@1 of each dev batch edited alone (the editor's real edit), and the share of a fixed stable
         sample whose top entity it leaves unchanged."""
-        from ..editor import apply_edit
-
         cases = self.dev_cases.select(batch.cpu())
         model = self.target.model
         stable_inputs = self.target.inputs(self._validation_stable())
