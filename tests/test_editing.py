@@ -290,3 +290,43 @@ def test_kgeditor_sequential_edits_accumulate(base):
     report.rollback()
     assert _same(before, _state(model))
     assert all(torch.equal(b, memory[n]) for n, b in model.named_buffers() if n.endswith("edit_keys"))
+
+
+def test_last_layer_cache_matches_full_passes(base):
+    """The cached last-layer path gives the model's scores, per-edit gradients and the same edits."""
+    from deltakg.editing.gradients import per_edit_gradients
+    from deltakg.editing.slot_cache import LastLayerSlotCache
+
+    out, kg, cases, stable = base
+    model = MaskedEntityModel.from_pretrained(out)
+    target = KGETarget(model)
+    editor = KGEditor(KGEditorConfig(layers=[-1], extra=32, edit_keys=True))
+    editor.prepare(target)
+    with torch.no_grad():  # a non-zero ``up`` so that the ``down`` gradients are non-zero
+        dict(model.named_parameters())[editor.slot_names[1]].normal_(std=0.05)
+    facts = target.encode(cases[:5])
+    cache = editor.slot_cache(target, facts)
+    assert isinstance(cache, LastLayerSlotCache) and len(cache) == 5
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(cache.scores(), target.scores(facts), atol=1e-4)
+        assert torch.allclose(cache.select(torch.tensor([1, 3])).scores(), target.scores(facts.select([1, 3])),
+                              atol=1e-4)
+    slow = per_edit_gradients(target, facts, editor.edited_names)
+    fast = cache.per_case_gradients(editor.edited_names)
+    for name in editor.edited_names:
+        assert fast[name].shape == slow[name].shape == (5, *dict(model.named_parameters())[name].shape)
+        assert torch.allclose(fast[name], slow[name], atol=1e-5, rtol=1e-3), name
+
+    # a slot below the last layer has no cache; a whole edit run is the same with and without it
+    lower = KGEditor(KGEditorConfig(layers=[0], extra=32))
+    lower_target = KGETarget(MaskedEntityModel.from_pretrained(out))
+    lower.prepare(lower_target)
+    assert lower.slot_cache(lower_target, facts) is None
+    runs = {}
+    for cached in (True, False):
+        config = KGEditorConfig(layers=[-1], extra=32, cache_last_layer=cached)
+        runs[cached] = run_edits(KGEditor(config), MaskedEntityModel.from_pretrained(out), cases[:6], stable[:30],
+                                 batch_size=2)
+    assert torch.equal(runs[True].edit_ranks_after, runs[False].edit_ranks_after)
+    assert torch.allclose(runs[True].stable_ranks_after, runs[False].stable_ranks_after, atol=2)

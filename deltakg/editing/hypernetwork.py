@@ -87,7 +87,10 @@ class KEHypernetwork(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Updates for every target matrix from the condition tokens and the per-edit gradients."""
-        cond = self.encoder(ids, mask)
+        return self.updates(self.encoder(ids, mask), grads)
+
+    def updates(self, cond: torch.Tensor, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Updates from condition vectors already encoded (an editor taking several steps encodes once)."""
         return {name: self.heads[_key(name)](cond, grads[name]) for name in self.names}
 
 

@@ -26,6 +26,7 @@ from kg_data.formats import read_json_object
 from ..editor import Editor, register_editor
 from ..gradients import per_edit_gradients
 from ..hypernetwork import KEHypernetwork
+from ..slot_cache import LastLayerSlotCache
 from ..slots import add_slots, resolve_layers, slot_parameter_names
 from ..target import EncodedFacts, KGETarget
 from ..weights import apply_delta
@@ -53,6 +54,7 @@ class KGEditorConfig:
     edit_keys: bool = False
     protect_weight: float = 100.0
     train_condition_embedding: bool = False
+    cache_last_layer: bool = True
     margin: float = 0.1
     lr: float = 1e-4
     lambda_lr: float = 0.1
@@ -221,9 +223,14 @@ class KGEditor(Editor):
             model.train(was_training)
         return _at_mask(keys, inputs["mask_positions"])
 
-    def slot_gradients(self, target: KGETarget, cases: EncodedFacts) -> dict[str, torch.Tensor]:
-        """Per-edit gradients of the slot weights, whitened on the key side where :meth:`fit_keys` ran."""
-        grads = per_edit_gradients(target, cases, self.edited_names)
+    def slot_gradients(self, target: KGETarget, cases: EncodedFacts,
+                       cache: LastLayerSlotCache | None = None) -> dict[str, torch.Tensor]:
+        """Per-edit gradients of the slot weights, whitened on the key side where :meth:`fit_keys` ran.
+
+        ``cache``: the cases' :meth:`slot_cache` (the same gradients without an encoder pass).
+        """
+        grads = cache.per_case_gradients(self.edited_names) if cache is not None else \
+            per_edit_gradients(target, cases, self.edited_names)
         if self.config.whiten:
             named_buffers = dict(target.model.named_buffers())
             for name, inverse in self.key_inverse.items():
@@ -233,6 +240,12 @@ class KGEditor(Editor):
                 grads[name] = grads[name] @ inverse.to(grads[name].device)
         return grads
 
+    def slot_cache(self, target: KGETarget, facts: EncodedFacts) -> LastLayerSlotCache | None:
+        """The facts' cached last-layer state when the slot sits in the encoder's last layer (else ``None``)."""
+        if not (self.config.cache_last_layer and LastLayerSlotCache.applies(target, self.slot_paths)):
+            return None
+        return LastLayerSlotCache.capture(target, self.slot_paths[0], facts)
+
     @torch.no_grad()
     def remember(self, target: KGETarget, cases: EncodedFacts, *, keys: dict[str, torch.Tensor] | None = None) -> None:
         """Add the edited cases' keys, weighted by ``protect_weight``, to their slots' memory.
@@ -240,11 +253,11 @@ class KGEditor(Editor):
         Beyond the paper (which never edits sequentially): later updates are whitened against the keys of
         the edits a slot already holds, so they leave those edits (nearly) unchanged, as MEMIT keeps earlier
         edits in its covariance term. The memory is a model buffer: rollback restores it with the weights.
-        ``keys``: the slots' (b, L, extra) key tensors of ``cases`` if already computed.
+        ``keys``: per slot path, the cases' (b, extra) keys at their mask positions if already computed.
         """
         if not (self.config.whiten and self.config.protect_weight > 0):
             return
-        at_mask = self.slot_keys(target, cases) if keys is None else _at_mask(keys, target.inputs(cases)["mask_positions"])
+        at_mask = self.slot_keys(target, cases) if keys is None else keys
         named_buffers = dict(target.model.named_buffers())
         scale = self.config.protect_weight
         for path, keys_ in at_mask.items():
@@ -254,33 +267,46 @@ class KGEditor(Editor):
             keys_ = keys_.double() / keys_.double().norm(dim=1, keepdim=True).clamp(min=1e-12)
             memory.add_((scale * reference * keys_.T @ keys_).to(memory.dtype))
 
-    def updates(self, target: KGETarget, cases: EncodedFacts) -> dict[str, torch.Tensor]:
-        """The hypernetwork's slot updates for a batch (differentiable w.r.t. the hypernetwork)."""
-        grads = self.slot_gradients(target, cases)
-        ids, mask = self.condition_inputs(target, cases)
-        return self.hypernet(ids, mask, grads)
+    def condition(self, target: KGETarget, cases: EncodedFacts) -> torch.Tensor:
+        """The cases' condition vectors (the hypernetwork's reading of their condition texts)."""
+        return self.hypernet.encoder(*self.condition_inputs(target, cases))
+
+    def updates(self, target: KGETarget, cases: EncodedFacts, cache: LastLayerSlotCache | None = None,
+                condition: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The hypernetwork's slot updates for a batch (differentiable w.r.t. the hypernetwork).
+
+        ``condition``: the cases' :meth:`condition` if already encoded (it does not change between rounds).
+        """
+        grads = self.slot_gradients(target, cases, cache)
+        return self.hypernet.updates(self.condition(target, cases) if condition is None else condition, grads)
 
     def edit(self, target: KGETarget, cases: EncodedFacts) -> None:
         """Add the hypernetwork's updates (scaled by :meth:`calibrated_scale` when ``calibrate``) to the slots.
 
         With ``calibrate``, up to ``rounds`` updates are made, each from the gradients at the slots as the
-        previous round left them, until every target ranks first (one round is KE's/the paper's edit).
+        previous round left them, until every target ranks first (one round is KE's/the paper's edit). With
+        a single last-layer slot, one encoder pass serves every round (:class:`LastLayerSlotCache`).
         """
         if self.hypernet is None:
             raise RuntimeError("call prepare() (or run_edits) before edit()")
         named = dict(target.model.named_parameters())
-        keys: dict[str, torch.Tensor] = {}
+        cache = self.slot_cache(target, cases)
+        # the cases' keys before the edit, for remember(): from the cache, else from the first gradient pass
+        keys: dict[str, torch.Tensor] = {cache.path: cache.keys()} if cache is not None else {}
+        with torch.no_grad():
+            condition = self.condition(target, cases)
         for round_ in range(self.config.rounds if self.config.calibrate else 1):
-            # the first gradient pass computes the cases' keys before the edit: keep them for remember()
-            capture = self._capturing_keys(target, keys) if round_ == 0 else contextlib.nullcontext()
+            capture = self._capturing_keys(target, keys) if round_ == 0 and cache is None else contextlib.nullcontext()
             with torch.no_grad(), capture:
-                deltas = self.updates(target, cases)
+                deltas = self.updates(target, cases, cache, condition)
             with torch.no_grad():
-                scale, done = self.calibrated_scale(target, cases, deltas) if self.config.calibrate else (1.0, True)
+                scale, done = self.calibrated_scale(target, cases, deltas, cache) if self.config.calibrate else (1.0, True)
             for name, delta in deltas.items():
                 apply_delta(named[name], scale * delta, name=name)
             if done:
                 break
+        if cache is None and keys:
+            keys = _at_mask(keys, target.inputs(cases)["mask_positions"])
         self.remember(target, cases, keys=keys or None)
 
     @contextlib.contextmanager
@@ -301,36 +327,58 @@ class KGEditor(Editor):
                 handle.remove()
 
     @torch.no_grad()
-    def calibrated_scale(self, target: KGETarget, cases: EncodedFacts,
-                         deltas: dict[str, torch.Tensor]) -> tuple[float, bool]:
+    def calibrated_scale(self, target: KGETarget, cases: EncodedFacts, deltas: dict[str, torch.Tensor],
+                         cache: LastLayerSlotCache | None = None) -> tuple[float, bool]:
         """The smallest multiple of the update that makes every case's target rank first, and whether one did.
 
         Beyond the paper: the hypernetwork's step is right on average but too long for some edits (needless
         damage to other facts) and too short for others (a failed edit). Like FT stopping once the targets
         rank first, the scale is searched by doubling or halving from 1 (then two bisection steps in log
         space), at the cost of a few forward passes of the edit batch. If no scale up to ``max_scale``
-        succeeds, the one with the lowest edit loss is returned with ``False``.
+        succeeds, the one with the lowest edit loss is returned with ``False``. ``cache``: the cases'
+        :meth:`slot_cache`, which makes each trial a few small products instead of an encoder pass.
         """
         model = target.model
         named = dict(model.named_parameters())
-        inputs = target.inputs(cases)
+        inputs = target.inputs(cases) if cache is None else None
         targets = cases.targets.to(model.entity_bias.device)
         was_training = model.training
         model.eval()
         tried: dict[float, tuple[int, float]] = {}
+        visited: list[float] = []
+
+        def record(scale: float, scores: torch.Tensor) -> None:
+            loss = float(torch.nn.functional.cross_entropy(scores, targets))
+            tried[scale] = (int((scores.argmax(dim=1) == targets).sum()), loss)
+
+        def prefetch(scales: list[float]) -> None:
+            # with the cache, the trials the search may visit next share one decoder pass (the entity table
+            # is read once, not once per trial); the search itself, and so its result, is unchanged
+            scales = [s for s in scales if s not in tried]
+            if cache is None or not scales:
+                return
+            weights = [{name: named[name] + s * delta for name, delta in deltas.items()} for s in scales]
+            for scale, scores in zip(scales, cache.scores_many(weights)):
+                record(scale, scores)
 
         def hits(scale: float) -> int:
             if scale not in tried:
                 params = {name: named[name] + scale * delta for name, delta in deltas.items()}
-                scores = functional_call(model, params, args=(), kwargs=inputs)
-                loss = float(torch.nn.functional.cross_entropy(scores, targets))
-                tried[scale] = (int((scores.argmax(dim=1) == targets).sum()), loss)
+                record(scale, cache.scores(params) if cache is not None else
+                       functional_call(model, params, args=(), kwargs=inputs))
+            visited.append(scale)
             return tried[scale][0]
 
         try:
             need = len(cases)
             lo, hi = None, None  # the largest failing and the smallest succeeding scale seen
             scale = 1.0
+            octaves, up = [1.0], 1.0
+            while up < self.config.max_scale:
+                up *= 2
+                octaves.append(up)
+            octaves += [2.0 ** -k for k in range(1, 7)]
+            prefetch(octaves)
             if hits(scale) == need:
                 hi = scale
                 while scale > 1.0 / 64:
@@ -348,8 +396,10 @@ class KGEditor(Editor):
                         break
                     lo = scale
             if hi is None:
-                return min(tried, key=lambda s: tried[s][1]), False
+                return min(visited, key=lambda s: tried[s][1]), False
             if lo is not None:
+                mid = (lo * hi) ** 0.5
+                prefetch([mid, (lo * mid) ** 0.5, (mid * hi) ** 0.5])
                 for _ in range(2):
                     mid = (lo * hi) ** 0.5
                     if hits(mid) == need:

@@ -47,6 +47,9 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
         target.model.eval()  # dropout off: the updates must work on the deterministic model
         for name, param in target.model.named_parameters():
             param.requires_grad_(name in editor.edited_names)  # slot grads are inputs G; nothing else needs grads
+        # the KGE is frozen: with a last-layer slot, one pass over the cases and stable facts serves every step
+        self.case_cache = editor.slot_cache(target, train_cases)
+        self.stable_cache = editor.slot_cache(target, stable) if self.case_cache is not None else None
 
     # the KGE is not a submodule (it is never trained), so Lightning neither saves nor moves it
     def train_dataloader(self) -> DataLoader:
@@ -61,26 +64,35 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
             return None
         return DataLoader(IndexDataset(len(self.dev_cases)), batch_size=self.config.edits_per_step, shuffle=False)
 
-    def _stable_batch(self, step: int) -> EncodedFacts:
+    def _stable_pick(self, step: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + step)
-        pick = torch.randint(len(self.stable), (self.config.stable_per_step,), generator=generator)
-        return self.stable.select(pick)
+        return torch.randint(len(self.stable), (self.config.stable_per_step,), generator=generator)
 
-    def _edited_losses(self, cases: EncodedFacts, stable: EncodedFacts) -> tuple[torch.Tensor, torch.Tensor]:
+    def _edited_losses(self, picked: torch.Tensor, stable_picked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.target.model
-        deltas = self.editor.updates(self.target, cases)
+        cases, stable = self.train_cases.select(picked), self.stable.select(stable_picked)
+        cache = self.case_cache.select(picked) if self.case_cache is not None else None
+        stable_cache = self.stable_cache.select(stable_picked) if self.stable_cache is not None else None
+        deltas = self.editor.updates(self.target, cases, cache)
         if self.config.calibrate:
             # train in the regime of use: the edit's length is calibrated, the hypernetwork learns its direction
-            scale, _ = self.editor.calibrated_scale(self.target, cases, {k: v.detach() for k, v in deltas.items()})
+            scale, _ = self.editor.calibrated_scale(self.target, cases, {k: v.detach() for k, v in deltas.items()},
+                                                    cache)
             deltas = {name: scale * delta for name, delta in deltas.items()}
         named = dict(model.named_parameters())
         params = {name: named[name].detach() + delta for name, delta in deltas.items()}
-        edit_scores = functional_call(model, params, args=(), kwargs=self.target.inputs(cases))
+
+        def scores(facts: EncodedFacts, facts_cache, weights=None) -> torch.Tensor:
+            if facts_cache is not None:
+                return facts_cache.scores(weights)
+            return functional_call(model, weights, args=(), kwargs=self.target.inputs(facts)) if weights else \
+                model(**self.target.inputs(facts))
+
+        edit_scores = scores(cases, cache, params)
         ce = F.cross_entropy(edit_scores, cases.targets.to(edit_scores.device))
-        stable_inputs = self.target.inputs(stable)
         with torch.no_grad():
-            original = F.log_softmax(model(**stable_inputs), dim=-1)
-        edited = F.log_softmax(functional_call(model, params, args=(), kwargs=stable_inputs), dim=-1)
+            original = F.log_softmax(scores(stable, stable_cache), dim=-1)
+        edited = F.log_softmax(scores(stable, stable_cache, params), dim=-1)
         kl = F.kl_div(edited, original, log_target=True, reduction="batchmean")  # KL(original || edited)
         return ce, kl
 
@@ -90,14 +102,14 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Edit CE plus the Lagrangian KL term; lambda ascends on the constraint violation."""
-        cases = self.train_cases.select(batch.cpu())
-        ce, kl = self._edited_losses(cases, self._stable_batch(self.global_step))
+        picked = batch.cpu()
+        ce, kl = self._edited_losses(picked, self._stable_pick(self.global_step))
         violation = kl - self.config.margin
         loss = ce + self.lagrange.clone() * violation  # the in-place ascent below must not touch this graph
         with torch.no_grad():
             self.lagrange.add_(self.config.lambda_lr * violation.detach()).clamp_(min=0.0)
         self.log_dict({"train_ce": ce, "train_kl": kl, "lambda": self.lagrange}, prog_bar=True,
-                      batch_size=len(cases))
+                      batch_size=len(picked))
         return loss
 
     def on_validation_epoch_start(self) -> None:
