@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop training after this long")
     es_build.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
     es_build.add_argument("--lr", type=float, default=None, help="learning rate of the new parameters")
+    es_build.add_argument("--encoder-lr", type=float, default=None, help="learning rate of the encoder")
     es_build.add_argument("--label-smoothing", type=float, default=0.1)
     es_build.add_argument("--patience", type=int, default=0, help="early stopping on valid MRR (default 0: off)")
     es_build.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto")

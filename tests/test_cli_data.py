@@ -246,3 +246,18 @@ def test_load_triples_benchmark_skips_without_data(tmp_path):
     payload = json.loads(lines[0])
     assert payload["benchmark"] == "load_triples"
     assert payload["skipped"].startswith("FB15k-237 train file not found: ")
+
+
+def test_memorise_benchmark_smoke():
+    """The memorisation benchmark trains on a fixed sample and reports a trace the loss falls along."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "memorise.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--dataset", "nations", "--facts", "64", "--steps", "6", "--every", "3",
+         "--batch-size", "32", "--lr", "1e-2", "--threads", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout.splitlines()[-1])
+    assert payload["benchmark"] == "memorise" and [t["step"] for t in payload["trace"]] == [0, 3, 6]
+    assert payload["trace"][-1]["loss"] < payload["trace"][0]["loss"]
+    assert all(0 <= t["hits@1"] <= 1 and t["geomean_rank"] >= 1 for t in payload["trace"])

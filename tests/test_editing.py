@@ -323,6 +323,8 @@ def test_last_layer_cache_matches_full_passes(base):
     lower_target = KGETarget(MaskedEntityModel.from_pretrained(out))
     lower.prepare(lower_target)
     assert lower.slot_cache(lower_target, facts) is None
+    with pytest.raises(ValueError, match="last layer"):  # forced onto a lower slot, the capture's check refuses
+        LastLayerSlotCache.capture(lower_target, lower.slot_paths[0], facts)
     runs = {}
     for cached in (True, False):
         config = KGEditorConfig(layers=[-1], extra=32, cache_last_layer=cached)

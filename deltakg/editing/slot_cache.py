@@ -7,8 +7,9 @@ sequence reaches the scores. ``u`` and ``a`` depend only on weights below the sl
 caches them, and every later score, per-case gradient or trial step of the slot weights costs a few
 ``(b, d)`` products and the decoder, not a pass through the encoder (KGEditor's rounds and step search).
 
-The cache checks itself when captured: its scores must equal the model's own, or it raises, so a model
-family that does more after its last layer can never be edited with wrong scores.
+A capture can check itself (KGEditor checks its first capture on each model it prepares): its scores must
+equal the model's own, or it raises, so a model family that does more after its last layer can never be
+edited with wrong scores.
 """
 
 from __future__ import annotations
@@ -53,14 +54,17 @@ class LastLayerSlotCache:
         try:
             for start in range(0, len(facts), batch_size):
                 inputs = target.inputs(facts.select(slice(start, start + batch_size)))
-                scores.append(model(**inputs))
-                rows = torch.arange(inputs["mask_positions"].shape[0], device=scores[-1].device)
+                # unchecked, the hooked layer is all that is needed: skip the decoder over all entities
+                states = model.mask_states(**inputs)
+                if check:
+                    scores.append(model.decode(states))
+                rows = torch.arange(inputs["mask_positions"].shape[0], device=states.device)
                 us.append(captured["u"][rows, inputs["mask_positions"]])
                 as_.append(captured["a"][rows, inputs["mask_positions"]])
         finally:
             handle.remove()
             model.train(was_training)
-        cache = cls(model, path, torch.cat(us), torch.cat(as_), facts.targets.to(scores[0].device))
+        cache = cls(model, path, torch.cat(us), torch.cat(as_), facts.targets.to(us[0].device))
         if check:
             expected = torch.cat(scores)
             mine = cache.scores()

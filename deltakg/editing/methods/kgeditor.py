@@ -98,11 +98,13 @@ class KGEditor(Editor):
         # per ``up`` weight: the slot keys' second moment plus the ridge, and its inverse (see :meth:`fit_keys`)
         self.key_moment: dict[str, torch.Tensor] = {}
         self.key_inverse: dict[str, torch.Tensor] = {}
+        self._cache_checked = False  # whether a slot cache on the prepared model matched the model's scores
 
     # ----------------------------------------------------------------------------------------- set-up
     def prepare(self, target: KGETarget) -> None:
         """Add the slots (with their saved initial weights) and build the hypernetwork for this model."""
         model = target.model
+        self._cache_checked = False
         if self.slot_names and set(self.slot_names) <= set(slot_parameter_names(model)):
             return
         if slot_parameter_names(model):
@@ -244,7 +246,10 @@ class KGEditor(Editor):
         """The facts' cached last-layer state when the slot sits in the encoder's last layer (else ``None``)."""
         if not (self.config.cache_last_layer and LastLayerSlotCache.applies(target, self.slot_paths)):
             return None
-        return LastLayerSlotCache.capture(target, self.slot_paths[0], facts)
+        # the model's layout decides whether the cache is exact: checked on the first capture after prepare()
+        cache = LastLayerSlotCache.capture(target, self.slot_paths[0], facts, check=not self._cache_checked)
+        self._cache_checked = True
+        return cache
 
     @torch.no_grad()
     def remember(self, target: KGETarget, cases: EncodedFacts, *, keys: dict[str, torch.Tensor] | None = None) -> None:
