@@ -15,6 +15,7 @@ edited with wrong scores.
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from .slots import SideFFN
@@ -26,7 +27,7 @@ __all__ = ["LastLayerSlotCache"]
 class LastLayerSlotCache:
     """``u`` and ``a`` of a batch at the mask positions, for the slot at module path ``path``."""
 
-    def __init__(self, model, path: str, u: torch.Tensor, a: torch.Tensor, targets: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, path: str, u: torch.Tensor, a: torch.Tensor, targets: torch.Tensor) -> None:
         self.model, self.path, self.u, self.a, self.targets = model, path, u, a, targets
         self.slot: SideFFN = model.get_submodule(path)
         # BERT/RoBERTa/ELECTRA: ``<layer>.output`` holds dense (the slot), dropout and LayerNorm
