@@ -83,14 +83,6 @@ class LastLayerSlotCache:
             index = index.to(self.u.device)
         return LastLayerSlotCache(self.model, self.path, self.u[index], self.a[index], self.targets[index])
 
-    @staticmethod
-    def applies(target: KGETarget, paths: list[str]) -> bool:
-        """Whether the edited slots are exactly one slot in the encoder's last layer."""
-        if len(paths) != 1:
-            return False
-        last = target.model.encoder.config.num_hidden_layers - 1
-        return f".layer.{last}." in paths[0]
-
     def _weights(self, weights: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         weights = weights or {}
         return weights.get(self.down_name, self.slot.down.weight), weights.get(self.up_name, self.slot.up.weight)
@@ -127,15 +119,14 @@ class LastLayerSlotCache:
         if unknown:
             raise ValueError(f"not weights of the slot at {self.path}: {sorted(unknown)}")
         down, up = self.slot.down.weight.detach(), self.slot.up.weight.detach()
-        keys = self.u @ down.t()
         with torch.enable_grad():
-            pre = (self.slot.dense(self.u) + keys @ up.t() + self.a).detach().requires_grad_(True)
+            pre = self._pre_norm(down, up).detach().requires_grad_(True)
             loss = F.cross_entropy(self._scores_from(pre), self.targets, reduction="sum")
             (delta,) = torch.autograd.grad(loss, pre)
         out = {}
         for name in names:
             if name == self.up_name:
-                out[name] = delta.unsqueeze(2) * keys.unsqueeze(1)
+                out[name] = delta.unsqueeze(2) * (self.u @ down.t()).unsqueeze(1)
             else:
                 out[name] = (delta @ up).unsqueeze(2) * self.u.unsqueeze(1)
         return out

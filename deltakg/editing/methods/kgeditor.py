@@ -244,7 +244,8 @@ class KGEditor(Editor):
 
     def slot_cache(self, target: KGETarget, facts: EncodedFacts) -> LastLayerSlotCache | None:
         """The facts' cached last-layer state when the slot sits in the encoder's last layer (else ``None``)."""
-        if not (self.config.cache_last_layer and LastLayerSlotCache.applies(target, self.slot_paths)):
+        last = target.model.encoder.config.num_hidden_layers - 1
+        if not (self.config.cache_last_layer and self.layers_of(target) == [last]):
             return None
         # the model's layout decides whether the cache is exact: checked on the first capture after prepare()
         cache = LastLayerSlotCache.capture(target, self.slot_paths[0], facts, check=not self._cache_checked)
@@ -352,6 +353,9 @@ class KGEditor(Editor):
         tried: dict[float, tuple[int, float]] = {}
         visited: list[float] = []
 
+        def weights_at(scale: float) -> dict[str, torch.Tensor]:
+            return {name: named[name] + scale * delta for name, delta in deltas.items()}
+
         def record(scale: float, scores: torch.Tensor) -> None:
             loss = float(torch.nn.functional.cross_entropy(scores, targets))
             tried[scale] = (int((scores.argmax(dim=1) == targets).sum()), loss)
@@ -362,13 +366,12 @@ class KGEditor(Editor):
             scales = [s for s in scales if s not in tried]
             if cache is None or not scales:
                 return
-            weights = [{name: named[name] + s * delta for name, delta in deltas.items()} for s in scales]
-            for scale, scores in zip(scales, cache.scores_many(weights)):
+            for scale, scores in zip(scales, cache.scores_many([weights_at(s) for s in scales])):
                 record(scale, scores)
 
         def hits(scale: float) -> int:
             if scale not in tried:
-                params = {name: named[name] + scale * delta for name, delta in deltas.items()}
+                params = weights_at(scale)
                 record(scale, cache.scores(params) if cache is not None else
                        functional_call(model, params, args=(), kwargs=inputs))
             visited.append(scale)
@@ -382,11 +385,11 @@ class KGEditor(Editor):
             while up < self.config.max_scale:
                 up *= 2
                 octaves.append(up)
-            octaves += [2.0 ** -k for k in range(1, 7)]
+            octaves += [2.0 ** -k for k in range(1, _DOWN_OCTAVES + 1)]
             prefetch(octaves)
             if hits(scale) == need:
                 hi = scale
-                while scale > 1.0 / 64:
+                while scale > 2.0 ** -_DOWN_OCTAVES:
                     scale /= 2
                     if hits(scale) < need:
                         lo = scale
@@ -449,6 +452,9 @@ class KGEditor(Editor):
     def layers_of(self, target: KGETarget) -> list[int]:
         """The absolute layer indices holding slots."""
         return resolve_layers(target.model, self.config.layers)
+
+
+_DOWN_OCTAVES = 6  # the step search halves the hypernetwork's step down to 1/64 at most
 
 
 def _at_mask(keys: dict[str, torch.Tensor], positions: torch.Tensor) -> dict[str, torch.Tensor]:
