@@ -67,7 +67,8 @@ SMALL = ("umls", "nations", "kinships")
 
 # ----------------------------------------------------------------------------------------------- defaults
 # ours: CoKE-like masked-entity transformer. Small graphs: the tiny encoder without texts (the labels carry little).
-_OURS_SMALL = dict(encoder="tiny", layers=2, text=False, max_length=64, batch_size=128, lr=1e-3, encoder_lr=None,
+_OURS_SMALL = dict(encoder="tiny", layers=2, text=False, max_length=64, dropout=None, batch_size=128, lr=1e-3,
+                   encoder_lr=None,
                    label_smoothing=0.1, weight_decay=0.01, warmup_steps=0, val_every=1, val_subset=None, patience=10)
 OURS: dict[str, dict[str, Any]] = {
     **{name: dict(_OURS_SMALL) for name in SMALL},
@@ -181,7 +182,7 @@ def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str) 
     t0, cpu0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(sys.stderr):
         result = train_model(kg, out, encoder=cfg["encoder"], layers=cfg["layers"], max_length=cfg["max_length"],
-                             use_text=cfg["text"], config=config)
+                             use_text=cfg["text"], dropout=cfg["dropout"], config=config)
     train_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     model = result.model.eval()
     t0 = time.perf_counter()
@@ -436,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--text", action=argparse.BooleanOptionalAction, default=None,
                    help="put entity/relation texts in the input")
     g.add_argument("--max-length", type=int, default=None)
+    g.add_argument("--dropout", type=float, default=None, help="encoder dropout (default: the encoder's own)")
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--encoder-lr", type=float, default=None)
@@ -471,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     ours_cfg = dict(OURS[dataset])
-    for key in ("encoder", "layers", "text", "max_length", "batch_size", "lr", "encoder_lr", "label_smoothing",
-                "weight_decay", "warmup_steps", "val_every"):
+    for key in ("encoder", "layers", "text", "max_length", "dropout", "batch_size", "lr", "encoder_lr",
+                "label_smoothing", "weight_decay", "warmup_steps", "val_every"):
         if getattr(args, key) is not None:
             ours_cfg[key] = getattr(args, key)
     if args.encoder not in (None, "tiny") and args.lr is None:

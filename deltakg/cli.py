@@ -143,6 +143,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             layers=args.layers,
             max_length=args.max_length,
             use_text=not args.no_text,
+            dropout=args.dropout,
             config=config,
         )
     if result.is_global_zero:
@@ -351,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", type=int, default=None, help="keep only the first N encoder layers")
     train.add_argument("--max-length", type=int, default=64, help="max tokens per query (default 64)")
     train.add_argument("--no-text", action="store_true", help="entity/relation tokens only, no texts")
+    train.add_argument("--dropout", type=float, default=None,
+                       help="encoder hidden/attention dropout (default: the encoder's own, 0.1 for tiny)")
     train.add_argument("--epochs", type=int, default=20, help="max epochs (default 20)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps")
     train.add_argument("--max-time", type=float, default=None, metavar="MINUTES", help="stop after this long")

@@ -261,3 +261,18 @@ def test_memorise_benchmark_smoke():
     assert payload["benchmark"] == "memorise" and [t["step"] for t in payload["trace"]] == [0, 3, 6]
     assert payload["trace"][-1]["loss"] < payload["trace"][0]["loss"]
     assert all(0 <= t["hits@1"] <= 1 and t["geomean_rank"] >= 1 for t in payload["trace"])
+
+
+def test_train_step_benchmark_smoke():
+    """The training-step benchmark times fused and unfused steps on one model and their losses agree."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "train_step.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--dataset", "nations", "--batch-size", "16", "--steps", "2", "--threads", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout.splitlines()[-1])
+    assert payload["benchmark"] == "train_step" and payload["entities"] == 14
+    assert payload["first_loss_abs_diff"] < 1e-5
+    for kind in ("fused", "unfused"):
+        assert payload[kind]["step_ms"] > 0 and payload[kind]["queries_per_s"] > 0

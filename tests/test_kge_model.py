@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch.nn import functional as F
 
 from deltakg.cli import main
 from deltakg.kge.evaluation import FilterIndex, evaluate_ranking
 from deltakg.kge.inputs import HEAD, TAIL, QueryBuilder, _fit
+from deltakg.kge.loss import decoder_cross_entropy
 from deltakg.kge.model import MaskedEntityModel
 from deltakg.kge.training import TrainConfig, train_model
 from kg_data import KGDataError, load_dataset
@@ -80,6 +82,32 @@ def test_scores_shape_and_both_sides(nations):
             assert torch.isfinite(scores).all()
 
 
+@pytest.mark.parametrize("smoothing,chunk", [(0.0, 7), (0.1, 7), (0.1, 4096), (0.3, 40)])
+def test_decoder_cross_entropy_equals_unfused(smoothing, chunk):
+    gen = torch.Generator().manual_seed(0)
+    states = torch.randn(9, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(50, dtype=torch.float64, generator=gen, requires_grad=True)
+    targets = torch.tensor([0, 49, 6, 7, 13, 13, 21, 35, 48])  # chunk edges and a repeated target
+    expected = F.cross_entropy(states @ weight.t() + bias, targets, label_smoothing=smoothing)
+    expected_grads = torch.autograd.grad(expected, (states, weight, bias))
+    loss = decoder_cross_entropy(states, weight, bias, targets, label_smoothing=smoothing, chunk=chunk)
+    grads = torch.autograd.grad(loss, (states, weight, bias))
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        decoder_cross_entropy(states, weight, bias, targets, label_smoothing=1.0)
+
+
+def test_training_loss_is_the_decoded_cross_entropy(nations):
+    model = _tiny(nations).eval()
+    inputs = model.inputs(nations.train[:5], "tail")
+    scores = model(**inputs)
+    loss = model.decode_loss(model.mask_states(**inputs), nations.train[:5, 2], label_smoothing=0.1)
+    torch.testing.assert_close(loss, F.cross_entropy(scores, nations.train[:5, 2], label_smoothing=0.1))
+
+
 def test_save_load_bit_identical(nations, tmp_path):
     model = _tiny(nations, use_text=True)
     model.save_pretrained(tmp_path)
@@ -99,6 +127,16 @@ def test_layers_option_keeps_first_layers(nations):
     assert model.encoder.config.num_hidden_layers == 2
     with pytest.raises(KGDataError, match="layers"):
         MaskedEntityModel.for_graph(nations, "minilm", layers=99)
+
+
+def test_dropout_option_reaches_the_encoder_and_survives_reload(nations, tmp_path):
+    model = _tiny(nations, dropout=0.3)
+    assert model.encoder.config.hidden_dropout_prob == 0.3
+    assert model.encoder.config.attention_probs_dropout_prob == 0.3
+    model.save_pretrained(tmp_path / "m")
+    assert MaskedEntityModel.from_pretrained(tmp_path / "m").encoder.config.hidden_dropout_prob == 0.3
+    with pytest.raises(KGDataError, match="dropout"):
+        _tiny(nations, dropout=1.5)
 
 
 def test_unknown_encoder_names_the_choices(nations):

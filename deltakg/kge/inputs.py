@@ -100,14 +100,12 @@ class QueryBuilder:
 
     def _pad(self, seqs: list[list[int]], positions: list[int]) -> dict[str, torch.Tensor]:
         width = max((len(s) for s in seqs), default=0)
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, ids in enumerate(seqs):
-            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention[i, : len(ids)] = 1
+        # one tensor from padded lists: a row-by-row copy cost two small tensor copies per query
+        padded = [ids + [self.pad_id] * (width - len(ids)) for ids in seqs]
+        masks = [[1] * len(ids) + [0] * (width - len(ids)) for ids in seqs]
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
+            "input_ids": torch.tensor(padded, dtype=torch.long).view(len(seqs), width),
+            "attention_mask": torch.tensor(masks, dtype=torch.long).view(len(seqs), width),
             "mask_positions": torch.tensor(positions, dtype=torch.long),
         }
 

@@ -125,8 +125,8 @@ class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
         triples = torch.cat([batch, batch])
         sides = torch.cat([torch.full((n,), HEAD), torch.full((n,), TAIL)])
         targets = torch.cat([batch[:, 0], batch[:, 2]])
-        scores = self.model(**self.model.inputs(triples, sides))
-        loss = F.cross_entropy(scores, targets.to(scores.device), label_smoothing=self.label_smoothing)
+        states = self.model.mask_states(**self.model.inputs(triples, sides))
+        loss = self.model.decode_loss(states, targets, label_smoothing=self.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=2 * n)
         return loss
 

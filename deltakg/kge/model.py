@@ -22,6 +22,7 @@ from kg_data.formats import read_json_object, read_text_map, write_text_map
 
 from .encoders import encoder_from_config, load_encoder
 from .inputs import QueryBuilder, side_code
+from .loss import decoder_cross_entropy
 
 __all__ = ["KGEConfig", "MaskedEntityModel"]
 
@@ -102,9 +103,10 @@ class MaskedEntityModel(nn.Module):
         layers: int | None = None,
         max_length: int = 64,
         use_text: bool = True,
+        dropout: float | None = None,
     ) -> "MaskedEntityModel":
         """A fresh model for ``kg``'s vocabularies on top of the named encoder."""
-        spec = load_encoder(encoder, layers=layers, max_length=max_length)
+        spec = load_encoder(encoder, layers=layers, max_length=max_length, dropout=dropout)
         tok = spec.tokenizer
         config = KGEConfig(
             encoder=encoder,
@@ -173,6 +175,12 @@ class MaskedEntityModel(nn.Module):
         # mantissa) tie far more often and would change ranks; the decoder is ~1% of the FLOPs
         with torch.autocast(states.device.type, enabled=False):
             return states.float() @ self.entity_embeddings.weight.float().t() + self.entity_bias.float()
+
+    def decode_loss(self, states: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean cross-entropy of ``decode(states)`` against ``targets``, without materialising the scores."""
+        with torch.autocast(states.device.type, enabled=False):
+            return decoder_cross_entropy(states.float(), self.entity_embeddings.weight.float(),
+                                         self.entity_bias.float(), targets, label_smoothing=label_smoothing)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_positions: torch.Tensor

@@ -131,6 +131,7 @@ def train_model(
     layers: int | None = None,
     max_length: int = 64,
     use_text: bool = True,
+    dropout: float | None = None,
     config: TrainConfig | None = None,
     callbacks: list[pl.Callback] | None = None,
 ) -> TrainResult:
@@ -142,7 +143,8 @@ def train_model(
         bound_allocator_caching()
     _quiet_lightning()
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    model = MaskedEntityModel.for_graph(kg, encoder, layers=layers, max_length=max_length, use_text=use_text)
+    model = MaskedEntityModel.for_graph(kg, encoder, layers=layers, max_length=max_length, use_text=use_text,
+                                        dropout=dropout)
     if config.gradient_checkpointing:
         model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pretrained = encoder != "tiny"

@@ -1,0 +1,112 @@
+"""Benchmark: time of one training step of the masked-entity model, fused decoder loss vs the unfused one.
+
+A training step of ``deltakg train`` encodes the head and tail query of every triple in the batch and takes the
+cross-entropy over all entities. The unfused form, ``F.cross_entropy(model(...), targets)``, materialises the
+``(queries, entities)`` score matrix and its log-softmax; ``MaskedEntityModel.decode_loss``
+(``deltakg/kge/loss.py``) walks the entities in chunks instead. Both run here on the same model, batches and
+optimiser (AdamW, the groups of ``deltakg train``), alternating, and the script reports the median step time of each,
+split into forward+loss, backward and optimiser step, and the loss difference of the first batch. One JSON line.
+
+    python benchmarks/train_step.py --dataset wn18rr --data-dir ../shared/data/kg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/quality.py
+
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Time fused and unfused training steps and print one JSON line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="wn18rr")
+    p.add_argument("--data-dir", default=None, help="folder holding WN18RR/ etc. (default $DELTAKG_DATA)")
+    p.add_argument("--encoder", default="tiny")
+    p.add_argument("--text", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of each kind (after 3 warm-up steps each)")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from deltakg.kge.inputs import HEAD, TAIL
+    from deltakg.kge.lightning import LinkPredictionModule
+    from deltakg.kge.model import MaskedEntityModel
+    from kg_data import KGDataError, load_dataset
+
+    try:
+        kg = load_dataset(args.dataset, args.data_dir)
+    except KGDataError as err:
+        print(json.dumps({"benchmark": "train_step", "dataset": args.dataset, "skipped": str(err)}))
+        return 0
+    torch.manual_seed(args.seed)
+    model = MaskedEntityModel.for_graph(kg, args.encoder, use_text=args.text).train()
+    optimizer = LinkPredictionModule(model, kg, lr=1e-2, encoder_lr=1e-3).configure_optimizers()
+    order = torch.randperm(kg.train.shape[0], generator=torch.Generator().manual_seed(args.seed))
+
+    def batch(i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        rows = kg.train[order[(i * args.batch_size) % order.numel():][: args.batch_size]]
+        n = rows.shape[0]
+        sides = torch.cat([torch.full((n,), HEAD), torch.full((n,), TAIL)])
+        return model.inputs(torch.cat([rows, rows]), sides), torch.cat([rows[:, 0], rows[:, 2]])
+
+    def step(fused: bool, i: int) -> tuple[float, float, float, float]:
+        inputs, targets = batch(i)
+        t0 = time.perf_counter()
+        states = model.mask_states(**inputs)
+        if fused:
+            loss = model.decode_loss(states, targets, label_smoothing=args.label_smoothing)
+        else:
+            loss = F.cross_entropy(model.decode(states), targets, label_smoothing=args.label_smoothing)
+        t1 = time.perf_counter()
+        optimizer.zero_grad()
+        loss.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2, float(loss)
+
+    with torch.no_grad():  # same weights, same batch: the two losses must agree
+        inputs, targets = batch(0)
+        states = model.mask_states(**inputs)
+        loss_diff = abs(float(model.decode_loss(states, targets, label_smoothing=args.label_smoothing))
+                        - float(F.cross_entropy(model.decode(states), targets, label_smoothing=args.label_smoothing)))
+    times: dict[str, list[tuple[float, float, float, float]]] = {"fused": [], "unfused": []}
+    for i in range(3):
+        step(True, i), step(False, i)
+    for i in range(args.steps):  # alternate so both see the same machine load
+        times["fused"].append(step(True, i))
+        times["unfused"].append(step(False, i))
+
+    def summary(rows: list[tuple[float, float, float, float]]) -> dict[str, float]:
+        parts = [statistics.median(r[k] for r in rows) * 1000 for k in range(3)]
+        total = statistics.median(sum(r[:3]) for r in rows) * 1000
+        return {"forward_loss_ms": round(parts[0], 1), "backward_ms": round(parts[1], 1),
+                "optimizer_ms": round(parts[2], 1), "step_ms": round(total, 1),
+                "queries_per_s": round(2 * args.batch_size / total * 1000, 1)}
+
+    fused, unfused = summary(times["fused"]), summary(times["unfused"])
+    print(json.dumps({
+        "benchmark": "train_step", "dataset": kg.name, "entities": kg.num_entities,
+        "config": {k: v for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
+        "fused": fused, "unfused": unfused, "speedup": round(unfused["step_ms"] / fused["step_ms"], 3),
+        "first_loss_abs_diff": loss_diff,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Cross-entropy over all entities, fused with the linear decoder and computed in entity chunks.
+
+``F.cross_entropy(states @ W.T + b, targets)`` materialises a ``(queries, entities)`` score matrix, then its
+log-softmax, then their gradients: on WN18RR (40,943 entities, 256 queries a step) four fresh 42 MB tensors, each
+page-faulted in and swept by a memory-bound pass. Fusing the decoder with the loss and walking the entities in
+chunks keeps one small buffer per call and recomputes each chunk's scores in the backward pass (one more
+matmul, which is cheaper than the passes it saves). The loss, and its gradients up to float rounding, equal
+``F.cross_entropy(..., label_smoothing=eps)`` (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["decoder_cross_entropy"]
+
+DEFAULT_CHUNK = 8192  # 2,048 ran 1.35x slower on WN18RR (small matmuls), 8,192 1.7x faster than unfused
+
+
+def _chunks(num: int, chunk: int):
+    for start in range(0, num, chunk):
+        yield start, min(start + chunk, num)
+
+
+class _DecoderCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, states, weight, bias, targets, smoothing: float, chunk: int):  # type: ignore[override]
+        b, num = states.shape[0], weight.shape[0]
+        buffer = states.new_empty(b * min(chunk, num))
+        running_max = states.new_full((b,), float("-inf"))
+        running_sum = states.new_zeros(b)
+        score_sum = states.new_zeros(b)
+        for start, end in _chunks(num, chunk):
+            logits = buffer[: b * (end - start)].view(b, end - start)
+            torch.addmm(bias[start:end], states, weight[start:end].t(), out=logits)
+            if smoothing:
+                score_sum += logits.sum(dim=1)
+            new_max = torch.maximum(running_max, logits.amax(dim=1))
+            running_sum.mul_(torch.exp(running_max - new_max))
+            running_sum += logits.sub_(new_max[:, None]).exp_().sum(dim=1)
+            running_max = new_max
+        lse = running_max + running_sum.log()
+        target_scores = (states * weight[targets]).sum(dim=1) + bias[targets]
+        loss = (1.0 - smoothing) * (lse - target_scores) + smoothing * (lse - score_sum / num)
+        ctx.save_for_backward(states, weight, bias, targets, lse)
+        ctx.smoothing, ctx.chunk = smoothing, chunk
+        return loss.mean()
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        states, weight, bias, targets, lse = ctx.saved_tensors
+        smoothing, chunk = ctx.smoothing, ctx.chunk
+        b, num = states.shape[0], weight.shape[0]
+        scale = grad_output / b
+        grad_states = torch.zeros_like(states)
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.empty_like(bias) if ctx.needs_input_grad[2] else None
+        buffer = states.new_empty(b * min(chunk, num))
+        rows = torch.arange(b, device=states.device)
+        for start, end in _chunks(num, chunk):
+            # d loss / d logits = softmax - (1 - eps) * onehot(target) - eps / N, per query
+            probs = buffer[: b * (end - start)].view(b, end - start)
+            torch.addmm(bias[start:end], states, weight[start:end].t(), out=probs)
+            probs.sub_(lse[:, None]).exp_().sub_(smoothing / num)
+            inside = (targets >= start) & (targets < end)
+            probs[rows[inside], targets[inside] - start] -= 1.0 - smoothing
+            probs.mul_(scale)
+            grad_states.addmm_(probs, weight[start:end])
+            if grad_weight is not None:
+                torch.mm(probs.t(), states, out=grad_weight[start:end])
+            if grad_bias is not None:
+                torch.sum(probs, dim=0, out=grad_bias[start:end])
+        return grad_states, grad_weight, grad_bias, None, None, None
+
+
+def decoder_cross_entropy(
+    states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    chunk: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Mean cross-entropy of ``states @ weight.T + bias`` against ``targets``, without the full score matrix."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    return _DecoderCrossEntropy.apply(states, weight, bias, targets.to(states.device), float(label_smoothing), int(chunk))
