@@ -24,37 +24,25 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/quality.py
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from _fresh import add_model_args, load_or_skip  # noqa: E402
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train on a fixed sample and print the memorisation trace as one JSON line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="wn18rr")
-    p.add_argument("--data-dir", default=None, help="folder holding WN18RR/ etc. (default $DELTAKG_DATA)")
-    p.add_argument("--encoder", default="tiny")
-    p.add_argument("--text", action=argparse.BooleanOptionalAction, default=False)
+    add_model_args(p)
     p.add_argument("--facts", type=int, default=2048, help="training triples to memorise")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
     p.add_argument("--lr", type=float, default=1e-3, help="new parameters (entity/relation embeddings, head)")
     p.add_argument("--encoder-lr", type=float, default=None, help="encoder (default: --lr)")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from deltakg.kge.inputs import HEAD, TAIL
-    from deltakg.kge.lightning import LinkPredictionModule
-    from deltakg.kge.model import MaskedEntityModel
-    from kg_data import KGDataError, load_dataset
-
-    try:
-        kg = load_dataset(args.dataset, args.data_dir)
-    except KGDataError as err:
-        print(json.dumps({"benchmark": "memorise", "dataset": args.dataset, "skipped": str(err)}))
+    kg = load_or_skip("memorise", args)
+    if kg is None:
         return 0
+
+    from deltakg.kge.lightning import LinkPredictionModule, both_sides
+    from deltakg.kge.model import MaskedEntityModel
     torch.manual_seed(args.seed)
     model = MaskedEntityModel.for_graph(kg, args.encoder, use_text=args.text)
     module = LinkPredictionModule(model, kg, lr=args.lr, encoder_lr=args.encoder_lr, label_smoothing=args.label_smoothing)
@@ -63,10 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = facts[:512]  # 1,024 queries
 
     def scores_of(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = batch.shape[0]
-        triples = torch.cat([batch, batch])
-        sides = torch.cat([torch.full((n,), HEAD), torch.full((n,), TAIL)])
-        return model(**model.inputs(triples, sides)), torch.cat([batch[:, 0], batch[:, 2]])
+        triples, sides, targets = both_sides(batch)
+        return model(**model.inputs(triples, sides)), targets
 
     trace, start = [], time.perf_counter()
     for step in range(args.steps + 1):

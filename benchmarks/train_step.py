@@ -25,43 +25,29 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/quality.py
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from _fresh import add_model_args, load_or_skip  # noqa: E402
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Time fused and unfused training steps and print one JSON line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="wn18rr")
-    p.add_argument("--data-dir", default=None, help="folder holding WN18RR/ etc. (default $DELTAKG_DATA)")
-    p.add_argument("--encoder", default="tiny")
-    p.add_argument("--text", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
+    add_model_args(p)
     p.add_argument("--steps", type=int, default=20, help="timed steps of each kind (after 3 warm-up steps each)")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from deltakg.kge.inputs import HEAD, TAIL
-    from deltakg.kge.lightning import LinkPredictionModule
-    from deltakg.kge.model import MaskedEntityModel
-    from kg_data import KGDataError, load_dataset
-
-    try:
-        kg = load_dataset(args.dataset, args.data_dir)
-    except KGDataError as err:
-        print(json.dumps({"benchmark": "train_step", "dataset": args.dataset, "skipped": str(err)}))
+    kg = load_or_skip("train_step", args)
+    if kg is None:
         return 0
+
+    from deltakg.kge.lightning import LinkPredictionModule, both_sides
+    from deltakg.kge.model import MaskedEntityModel
     torch.manual_seed(args.seed)
     model = MaskedEntityModel.for_graph(kg, args.encoder, use_text=args.text).train()
     optimizer = LinkPredictionModule(model, kg, lr=1e-2, encoder_lr=1e-3).configure_optimizers()
     order = torch.randperm(kg.train.shape[0], generator=torch.Generator().manual_seed(args.seed))
 
     def batch(i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        rows = kg.train[order[(i * args.batch_size) % order.numel():][: args.batch_size]]
-        n = rows.shape[0]
-        sides = torch.cat([torch.full((n,), HEAD), torch.full((n,), TAIL)])
-        return model.inputs(torch.cat([rows, rows]), sides), torch.cat([rows[:, 0], rows[:, 2]])
+        triples, sides, targets = both_sides(kg.train[order[(i * args.batch_size) % order.numel():][: args.batch_size]])
+        return model.inputs(triples, sides), targets
 
     def step(fused: bool, i: int) -> tuple[float, float, float, float]:
         inputs, targets = batch(i)

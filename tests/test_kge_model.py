@@ -20,6 +20,7 @@ from deltakg.cli import main
 from deltakg.kge.evaluation import FilterIndex, evaluate_ranking
 from deltakg.kge.inputs import HEAD, TAIL, QueryBuilder, _fit
 from deltakg.kge.loss import decoder_cross_entropy
+from deltakg.kge.queries import QueryTable
 from deltakg.kge.model import MaskedEntityModel
 from deltakg.kge.training import TrainConfig, train_model
 from kg_data import KGDataError, load_dataset
@@ -100,6 +101,42 @@ def test_decoder_cross_entropy_equals_unfused(smoothing, chunk):
         decoder_cross_entropy(states, weight, bias, targets, label_smoothing=1.0)
 
 
+def test_query_table_groups_answers_per_query():
+    triples = torch.tensor([[0, 0, 1], [0, 0, 2], [3, 0, 1], [0, 1, 2], [4, 1, 2], [0, 0, 4]])
+    table = QueryTable.from_triples(triples)
+    answers = {}
+    for i in range(len(table)):
+        query, side = table.queries[i].tolist(), int(table.sides[i])
+        key = (side, query[0] if side == TAIL else query[2], query[1])
+        answers[key] = sorted(table.answers[table.offsets[i] : table.offsets[i + 1]].tolist())
+        assert query[2 if side == TAIL else 0] in answers[key]  # the hidden slot holds one of the answers
+    assert answers == {
+        (TAIL, 0, 0): [1, 2, 4], (TAIL, 3, 0): [1], (TAIL, 0, 1): [2], (TAIL, 4, 1): [2],
+        (HEAD, 1, 0): [0, 3], (HEAD, 2, 0): [0], (HEAD, 2, 1): [0, 4], (HEAD, 4, 0): [0],
+    }
+    assert int(table.offsets[-1]) == 2 * triples.shape[0]  # every triple answers one tail and one head query
+    batch = table.batch(torch.tensor([0, 2]))
+    assert batch.rows.tolist() == [0, 0, 0, 1] and batch.cols.tolist() == [1, 2, 4, 1]
+    torch.testing.assert_close(batch.weights, torch.tensor([1 / 3, 1 / 3, 1 / 3, 1.0]))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_decoder_cross_entropy_with_answer_distributions(smoothing):
+    gen = torch.Generator().manual_seed(1)
+    states = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(5, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, generator=gen, requires_grad=True)
+    rows, cols = torch.tensor([0, 0, 0, 1, 2, 2]), torch.tensor([1, 2, 4, 2, 0, 3])
+    weights = torch.tensor([1 / 3, 1 / 3, 1 / 3, 1.0, 0.5, 0.5], dtype=torch.float64)
+    dense = torch.zeros(3, 5, dtype=torch.float64).index_put_((rows, cols), weights)
+    expected = F.cross_entropy(states @ weight.t() + bias, dense, label_smoothing=smoothing)
+    expected_grads = torch.autograd.grad(expected, (states, weight, bias))
+    loss = decoder_cross_entropy(states, weight, bias, (rows, cols, weights), label_smoothing=smoothing, chunk=2)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(loss, (states, weight, bias)), expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
 def test_training_loss_is_the_decoded_cross_entropy(nations):
     model = _tiny(nations).eval()
     inputs = model.inputs(nations.train[:5], "tail")
@@ -167,6 +204,18 @@ def test_small_encoder_learns_nations(nations, trained_nations):
     assert trained_nations.metrics["best_valid_mrr"] > 0.5
 
 
+def test_kvsall_training_learns_nations(nations, tmp_path):
+    """KvsAll: each distinct query once per epoch with all its answers; learns as well as 1vsAll on Nations."""
+    config = TrainConfig(epochs=12, batch_size=32, progress=False, patience=None, seed=0, train_type="kvsall")
+    result = train_model(nations, tmp_path / "kvsall", encoder="tiny", use_text=False, config=config)
+    queries = QueryTable.from_triples(nations.train)
+    assert result.metrics["global_step"] == 12 * -(-len(queries) // 64)  # 2 x batch_size queries per step
+    with torch.inference_mode():
+        metrics = evaluate_ranking(result.model.score, nations.test, nations.num_entities,
+                                   filter_index=FilterIndex(nations.all_triples(), nations.num_entities)).to_dict()
+    assert metrics["mrr"] > 0.5, metrics
+
+
 def test_outputs_written(trained_nations):
     out = trained_nations.out
     assert (out / "checkpoints" / "last.ckpt").is_file()
@@ -181,12 +230,13 @@ def _config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def test_resume_matches_uninterrupted_run(nations, tmp_path):
+@pytest.mark.parametrize("train_type", ["1vsall", "kvsall"])
+def test_resume_matches_uninterrupted_run(nations, tmp_path, train_type):
     straight = tmp_path / "straight"
-    train_model(nations, straight, encoder="tiny", use_text=False, config=_config(epochs=3))
+    train_model(nations, straight, encoder="tiny", use_text=False, config=_config(epochs=3, train_type=train_type))
     resumed = tmp_path / "resumed"
-    train_model(nations, resumed, encoder="tiny", use_text=False, config=_config(epochs=2))
-    train_model(nations, resumed, encoder="tiny", use_text=False, config=_config(epochs=3))
+    train_model(nations, resumed, encoder="tiny", use_text=False, config=_config(epochs=2, train_type=train_type))
+    train_model(nations, resumed, encoder="tiny", use_text=False, config=_config(epochs=3, train_type=train_type))
     a, b = _epoch_losses(straight), _epoch_losses(resumed)
     assert set(a) == {0, 1, 2} and 2 in b
     assert b[2] == pytest.approx(a[2], rel=1e-6, abs=1e-7)

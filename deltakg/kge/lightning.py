@@ -19,9 +19,10 @@ from kg_data import KnowledgeGraph
 from .evaluation import FilterIndex, compute_ranks
 from .inputs import HEAD, TAIL
 from .model import MaskedEntityModel
+from .queries import QueryBatch, QueryTable
 
 __all__ = ["LinkPredictionModule", "DescriptionPretrainingModule", "TripleDataModule", "EpochShuffleSampler",
-           "IndexDataset"]
+           "IndexDataset", "TRAIN_TYPES", "both_sides"]
 
 
 class _Rows(Dataset):
@@ -53,14 +54,31 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
 
+TRAIN_TYPES = ("1vsall", "kvsall")
+
+
 class TripleDataModule(pl.LightningDataModule):
-    """Training triples shuffled per epoch, validation triples in order (optionally a fixed subset)."""
+    """Training examples shuffled per epoch, validation triples in order (optionally a fixed subset).
+
+    ``train_type`` "1vsall": batches of ``batch_size`` training triples (each gives a head and a tail query);
+    "kvsall": batches of ``2 * batch_size`` distinct training queries with all their answers (:class:`QueryBatch`).
+    """
 
     def __init__(
-        self, kg: KnowledgeGraph, *, batch_size: int, eval_batch_size: int, seed: int = 0, val_subset: int | None = None
+        self,
+        kg: KnowledgeGraph,
+        *,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int = 0,
+        val_subset: int | None = None,
+        train_type: str = "1vsall",
     ) -> None:
         super().__init__()
+        if train_type not in TRAIN_TYPES:
+            raise ValueError(f"train_type must be one of {', '.join(TRAIN_TYPES)}, got {train_type!r}")
         self.kg, self.batch_size, self.eval_batch_size, self.seed = kg, batch_size, eval_batch_size, seed
+        self.queries = QueryTable.from_triples(kg.train) if train_type == "kvsall" else None
         valid = kg.splits.get("valid", torch.empty(0, 3, dtype=torch.long))
         if val_subset is not None and val_subset < valid.shape[0]:
             pick = torch.randperm(valid.shape[0], generator=torch.Generator().manual_seed(seed))[:val_subset]
@@ -68,9 +86,15 @@ class TripleDataModule(pl.LightningDataModule):
         self.valid = valid
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training triples."""
+        """Shuffled training triples, or shuffled training queries with their answers."""
+        if self.queries is not None:
+            return DataLoader(IndexDataset(len(self.queries)), batch_size=2 * self.batch_size,
+                              sampler=EpochShuffleSampler(len(self.queries), self.seed), collate_fn=self._query_batch)
         rows = self.kg.train
         return DataLoader(_Rows(rows), batch_size=self.batch_size, sampler=EpochShuffleSampler(len(rows), self.seed))
+
+    def _query_batch(self, items: list[torch.Tensor]) -> QueryBatch:
+        return self.queries.batch(torch.stack(items))
 
     def val_dataloader(self) -> DataLoader:
         """Validation triples."""
@@ -97,6 +121,13 @@ class _RngStateMixin:
             random.setstate(states["python"])
 
 
+def both_sides(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head and the tail query of each ``(b, 3)`` triple: ``(triples (2b, 3), sides (2b,), targets (2b,))``."""
+    n = batch.shape[0]
+    sides = torch.cat([torch.full((n,), HEAD), torch.full((n,), TAIL)])
+    return torch.cat([batch, batch]), sides, torch.cat([batch[:, 0], batch[:, 2]])
+
+
 class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
     """Cross-entropy over all entities (with label smoothing) for head and tail queries of each triple."""
 
@@ -119,15 +150,15 @@ class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
         self.save_hyperparameters(ignore=["model", "kg"])
         self._val = torch.zeros(5, dtype=torch.float64)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """Loss of the head and the tail query of every triple in the batch."""
-        n = batch.shape[0]
-        triples = torch.cat([batch, batch])
-        sides = torch.cat([torch.full((n,), HEAD), torch.full((n,), TAIL)])
-        targets = torch.cat([batch[:, 0], batch[:, 2]])
+    def training_step(self, batch: torch.Tensor | QueryBatch, batch_idx: int) -> torch.Tensor:
+        """Loss of the head and the tail query of every triple in the batch (or of every query, KvsAll)."""
+        if isinstance(batch, QueryBatch):
+            triples, sides, targets = batch.triples, batch.sides, batch.targets
+        else:
+            triples, sides, targets = both_sides(batch)
         states = self.model.mask_states(**self.model.inputs(triples, sides))
         loss = self.model.decode_loss(states, targets, label_smoothing=self.label_smoothing)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=2 * n)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=triples.shape[0])
         return loss
 
     def on_validation_epoch_start(self) -> None:

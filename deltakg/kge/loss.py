@@ -5,7 +5,8 @@ log-softmax, then their gradients: on WN18RR (40,943 entities, 256 queries a ste
 page-faulted in and swept by a memory-bound pass. Fusing the decoder with the loss and walking the entities in
 chunks keeps one small buffer per call and recomputes each chunk's scores in the backward pass (one more
 matmul, which is cheaper than the passes it saves). The loss, and its gradients up to float rounding, equal
-``F.cross_entropy(..., label_smoothing=eps)`` (tested).
+``F.cross_entropy(..., label_smoothing=eps)`` (tested), with one target entity per query or with a target
+distribution over several answers per query (KvsAll training, ``deltakg.kge.queries``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ def _chunks(num: int, chunk: int):
 
 
 class _DecoderCrossEntropy(torch.autograd.Function):
+    # targets are sparse: answer (rows[j], cols[j]) has weight[j] in its query's target distribution
     @staticmethod
-    def forward(ctx, states, weight, bias, targets, smoothing: float, chunk: int):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, states, weight, bias, rows, cols, target_weights, smoothing: float, chunk: int
+    ):
         b, num = states.shape[0], weight.shape[0]
         buffer = states.new_empty(b * min(chunk, num))
         running_max = states.new_full((b,), float("-inf"))
@@ -40,15 +44,16 @@ class _DecoderCrossEntropy(torch.autograd.Function):
             running_sum += logits.sub_(new_max[:, None]).exp_().sum(dim=1)
             running_max = new_max
         lse = running_max + running_sum.log()
-        target_scores = (states * weight[targets]).sum(dim=1) + bias[targets]
+        answer_scores = ((states[rows] * weight[cols]).sum(dim=1) + bias[cols]) * target_weights
+        target_scores = states.new_zeros(b).index_add_(0, rows, answer_scores)
         loss = (1.0 - smoothing) * (lse - target_scores) + smoothing * (lse - score_sum / num)
-        ctx.save_for_backward(states, weight, bias, targets, lse)
+        ctx.save_for_backward(states, weight, bias, rows, cols, target_weights, lse)
         ctx.smoothing, ctx.chunk = smoothing, chunk
         return loss.mean()
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        states, weight, bias, targets, lse = ctx.saved_tensors
+        states, weight, bias, rows, cols, target_weights, lse = ctx.saved_tensors
         smoothing, chunk = ctx.smoothing, ctx.chunk
         b, num = states.shape[0], weight.shape[0]
         scale = grad_output / b
@@ -56,35 +61,46 @@ class _DecoderCrossEntropy(torch.autograd.Function):
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         grad_bias = torch.empty_like(bias) if ctx.needs_input_grad[2] else None
         buffer = states.new_empty(b * min(chunk, num))
-        rows = torch.arange(b, device=states.device)
         for start, end in _chunks(num, chunk):
-            # d loss / d logits = softmax - (1 - eps) * onehot(target) - eps / N, per query
+            # d loss / d logits = softmax - (1 - eps) * target distribution - eps / N, per query
             probs = buffer[: b * (end - start)].view(b, end - start)
             torch.addmm(bias[start:end], states, weight[start:end].t(), out=probs)
             probs.sub_(lse[:, None]).exp_().sub_(smoothing / num)
-            inside = (targets >= start) & (targets < end)
-            probs[rows[inside], targets[inside] - start] -= 1.0 - smoothing
+            inside = (cols >= start) & (cols < end)
+            probs.index_put_((rows[inside], cols[inside] - start), target_weights[inside] * (smoothing - 1.0),
+                             accumulate=True)
             probs.mul_(scale)
             grad_states.addmm_(probs, weight[start:end])
             if grad_weight is not None:
                 torch.mm(probs.t(), states, out=grad_weight[start:end])
             if grad_bias is not None:
                 torch.sum(probs, dim=0, out=grad_bias[start:end])
-        return grad_states, grad_weight, grad_bias, None, None, None
+        return grad_states, grad_weight, grad_bias, None, None, None, None, None
 
 
 def decoder_cross_entropy(
     states: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
-    targets: torch.Tensor,
+    targets: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     *,
     label_smoothing: float = 0.0,
     chunk: int = DEFAULT_CHUNK,
 ) -> torch.Tensor:
-    """Mean cross-entropy of ``states @ weight.T + bias`` against ``targets``, without the full score matrix."""
+    """Mean cross-entropy of ``states @ weight.T + bias`` against ``targets``, without the full score matrix.
+
+    ``targets`` is one entity per query, ``(b,)``, or a target distribution per query as sparse
+    ``(rows, cols, weights)`` (each query's weights summing to 1, as :class:`~deltakg.kge.queries.QueryBatch` gives).
+    """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    return _DecoderCrossEntropy.apply(states, weight, bias, targets.to(states.device), float(label_smoothing), int(chunk))
+    if isinstance(targets, torch.Tensor):
+        rows, cols = torch.arange(targets.shape[0]), targets
+        target_weights = torch.ones(targets.shape[0])
+    else:
+        rows, cols, target_weights = targets
+    device = states.device
+    return _DecoderCrossEntropy.apply(states, weight, bias, rows.to(device), cols.to(device),
+                                      target_weights.to(device, states.dtype), float(label_smoothing), int(chunk))

@@ -176,8 +176,14 @@ class MaskedEntityModel(nn.Module):
         with torch.autocast(states.device.type, enabled=False):
             return states.float() @ self.entity_embeddings.weight.float().t() + self.entity_bias.float()
 
-    def decode_loss(self, states: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
-        """Mean cross-entropy of ``decode(states)`` against ``targets``, without materialising the scores."""
+    def decode_loss(
+        self,
+        states: torch.Tensor,
+        targets: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        *,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        """Mean cross-entropy of ``decode(states)`` against ``targets`` (see ``decoder_cross_entropy``)."""
         with torch.autocast(states.device.type, enabled=False):
             return decoder_cross_entropy(states.float(), self.entity_embeddings.weight.float(),
                                          self.entity_bias.float(), targets, label_smoothing=label_smoothing)

@@ -38,6 +38,7 @@ class TrainConfig:
     max_steps: int = -1
     max_time_minutes: float | None = None
     batch_size: int = 128
+    train_type: str = "1vsall"  # or "kvsall": each distinct query once per epoch with all its answers
     eval_batch_size: int = 256
     lr: float | None = None
     encoder_lr: float | None = None
@@ -168,7 +169,7 @@ def train_model(
     )
     data = TripleDataModule(
         kg, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, seed=config.seed,
-        val_subset=config.val_subset,
+        val_subset=config.val_subset, train_type=config.train_type,
     )
     has_valid = "valid" in kg.splits and kg.valid.numel() > 0
     checkpoint = ModelCheckpoint(
