@@ -110,7 +110,7 @@ def _load_kg(args: argparse.Namespace):
 # TrainConfig field <- command-line option; commands offer subsets of these options
 _TRAIN_OPTIONS = {
     "epochs": "epochs", "max_steps": "max_steps", "max_time_minutes": "max_time", "batch_size": "batch_size",
-    "train_type": "train_type", "lr": "lr", "encoder_lr": "encoder_lr", "label_smoothing": "label_smoothing", "val_subset": "val_subset",
+    "train_type": "train_type", "fused_loss": "fused_loss", "lr": "lr", "encoder_lr": "encoder_lr", "label_smoothing": "label_smoothing", "val_subset": "val_subset",
     "pretrain_epochs": "pretrain_epochs", "seed": "seed", "accelerator": "accelerator", "devices": "devices",
     "strategy": "strategy", "num_nodes": "num_nodes", "precision": "precision",
     "gradient_checkpointing": "gradient_checkpointing",
@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps")
     train.add_argument("--max-time", type=float, default=None, metavar="MINUTES", help="stop after this long")
     train.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
+    train.add_argument("--fused-loss", action="store_true",
+                       help="decoder and loss fused over entity chunks (faster with many entities; kvsall always)")
     train.add_argument("--train-type", choices=("1vsall", "kvsall"), default="1vsall",
                        help="1vsall: one example per training triple and side; kvsall: one per distinct query with "
                             "all its answers as the target, 2 x batch-size queries per step (default 1vsall)")

@@ -38,6 +38,7 @@ class TrainConfig:
     max_steps: int = -1
     max_time_minutes: float | None = None
     batch_size: int = 128
+    fused_loss: bool = False  # chunked decoder + loss (1.26x faster on WN18RR; always on for kvsall)
     train_type: str = "1vsall"  # or "kvsall": each distinct query once per epoch with all its answers
     eval_batch_size: int = 256
     lr: float | None = None
@@ -166,6 +167,7 @@ def train_model(
         weight_decay=config.weight_decay,
         label_smoothing=config.label_smoothing,
         warmup_steps=config.warmup_steps,
+        fused_loss=config.fused_loss,
     )
     data = TripleDataModule(
         kg, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, seed=config.seed,
