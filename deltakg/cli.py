@@ -110,7 +110,8 @@ def _load_kg(args: argparse.Namespace):
 # TrainConfig field <- command-line option; commands offer subsets of these options
 _TRAIN_OPTIONS = {
     "epochs": "epochs", "max_steps": "max_steps", "max_time_minutes": "max_time", "batch_size": "batch_size",
-    "train_type": "train_type", "fused_loss": "fused_loss", "lr": "lr", "encoder_lr": "encoder_lr", "label_smoothing": "label_smoothing", "val_subset": "val_subset",
+    "train_type": "train_type", "fused_loss": "fused_loss", "lr": "lr", "encoder_lr": "encoder_lr",
+    "label_smoothing": "label_smoothing", "val_subset": "val_subset",
     "pretrain_epochs": "pretrain_epochs", "seed": "seed", "accelerator": "accelerator", "devices": "devices",
     "strategy": "strategy", "num_nodes": "num_nodes", "precision": "precision",
     "gradient_checkpointing": "gradient_checkpointing",

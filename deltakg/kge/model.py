@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
 from kg_data import KnowledgeGraph, Vocabulary
 from kg_data.errors import KGDataError
@@ -182,8 +183,14 @@ class MaskedEntityModel(nn.Module):
         targets: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         *,
         label_smoothing: float = 0.0,
+        fused: bool = True,
     ) -> torch.Tensor:
-        """Mean cross-entropy of ``decode(states)`` against ``targets`` (see ``decoder_cross_entropy``)."""
+        """Mean cross-entropy of ``decode(states)`` against ``targets`` (see ``decoder_cross_entropy``).
+
+        ``fused=False`` takes ``F.cross_entropy`` over the full score matrix (one target per query only).
+        """
+        if not fused and isinstance(targets, torch.Tensor):
+            return F.cross_entropy(self.decode(states), targets.to(states.device), label_smoothing=label_smoothing)
         with torch.autocast(states.device.type, enabled=False):
             return decoder_cross_entropy(states.float(), self.entity_embeddings.weight.float(),
                                          self.entity_bias.float(), targets, label_smoothing=label_smoothing)
