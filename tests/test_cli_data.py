@@ -276,3 +276,19 @@ def test_train_step_benchmark_smoke():
     assert payload["first_loss_abs_diff"] < 1e-5
     for kind in ("fused", "unfused"):
         assert payload[kind]["step_ms"] > 0 and payload[kind]["queries_per_s"] > 0
+
+
+def test_fit_probe_benchmark_smoke():
+    """The fit probe trains ours and the MLP reference with one loop and reports train/valid curves and test MRR."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "fit_probe.py"
+    for model in ("ours", "mlp"):
+        result = subprocess.run(
+            [sys.executable, str(script), "--dataset", "nations", "--model", model, "--epochs", "2", "--every", "1",
+             "--threads", "1", "--init-range", "0.05"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        payload = json.loads(result.stdout.splitlines()[-1])
+        assert payload["benchmark"] == "fit_probe" and payload["model"] == model and payload["epochs"] == 2
+        assert [point["epoch"] for point in payload["curve"]] == [1, 2]
+        assert 0 < payload["test_mrr"] <= 1 and 0 < payload["best_valid"]["valid_mrr"] <= 1

@@ -176,6 +176,17 @@ def test_dropout_option_reaches_the_encoder_and_survives_reload(nations, tmp_pat
         _tiny(nations, dropout=1.5)
 
 
+def test_init_range_option_scales_fresh_weights(nations):
+    default, wide = _tiny(nations, layers=2, use_text=False), _tiny(nations, layers=2, use_text=False, init_range=0.1)
+    assert wide.encoder.config.initializer_range == 0.1
+    query = wide.encoder.encoder.layer[0].attention.self.query.weight
+    assert 0.09 < float(query.std()) < 0.11  # the encoder's own fresh weights
+    ratio = wide.entity_embeddings.weight.std() / default.entity_embeddings.weight.std()
+    assert 4.5 < float(ratio) < 5.5  # and the new KGE parameters, which follow the encoder's config
+    with pytest.raises(KGDataError, match="init-range"):
+        _tiny(nations, init_range=0.0)
+
+
 def test_unknown_encoder_names_the_choices(nations):
     with pytest.raises(KGDataError, match="minilm, tiny"):
         MaskedEntityModel.for_graph(nations, "no-such-encoder")

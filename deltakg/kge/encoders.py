@@ -30,7 +30,8 @@ def minilm_path() -> Path:
 
 
 def tiny_config(
-    vocab_size: int, *, hidden_size: int = 128, layers: int = 2, max_length: int = 64, dropout: float = 0.1
+    vocab_size: int, *, hidden_size: int = 128, layers: int = 2, max_length: int = 64, dropout: float = 0.1,
+    initializer_range: float = 0.02,
 ) -> BertConfig:
     """A small randomly initialised BERT (CoKE-style) for tests and CPU-budget runs."""
     return BertConfig(
@@ -42,6 +43,7 @@ def tiny_config(
         max_position_embeddings=max(max_length, 16),
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
+        initializer_range=initializer_range,
     )
 
 
@@ -81,19 +83,31 @@ def _quiet_transformers():
 
 
 def load_encoder(
-    spec: str, *, layers: int | None = None, max_length: int = 64, dropout: float | None = None
+    spec: str,
+    *,
+    layers: int | None = None,
+    max_length: int = 64,
+    dropout: float | None = None,
+    init_range: float | None = None,
 ) -> EncoderSpec:
     """Load ``minilm`` (default, offline), ``tiny`` (from config) or any ``from_pretrained`` folder/name.
 
     ``dropout`` overrides the encoder's hidden and attention dropout (default: the encoder's own, 0.1 for tiny).
+    ``init_range`` overrides the standard deviation of freshly initialised weights (the tiny encoder's, and the
+    new entity/relation embeddings and MLM transform of the KGE model; default: the config's, 0.02 for BERT).
     """
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise KGDataError(f"--dropout must be in [0, 1), got {dropout}", field="dropout")
+    if init_range is not None and not init_range > 0.0:
+        raise KGDataError(f"--init-range must be positive, got {init_range}", field="init_range")
     overrides = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    if init_range is not None:
+        overrides["initializer_range"] = init_range
     if spec == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         config = tiny_config(len(tokenizer), max_length=max_length, layers=layers or 2,
-                             dropout=0.1 if dropout is None else dropout)
+                             dropout=0.1 if dropout is None else dropout,
+                             initializer_range=0.02 if init_range is None else init_range)
         model = AutoModel.from_config(config, add_pooling_layer=False)
         return EncoderSpec(model, tokenizer, pretrained=False)
     path = minilm_path() if spec == "minilm" else spec

@@ -105,9 +105,10 @@ class MaskedEntityModel(nn.Module):
         max_length: int = 64,
         use_text: bool = True,
         dropout: float | None = None,
+        init_range: float | None = None,
     ) -> "MaskedEntityModel":
-        """A fresh model for ``kg``'s vocabularies on top of the named encoder."""
-        spec = load_encoder(encoder, layers=layers, max_length=max_length, dropout=dropout)
+        """A fresh model for ``kg``'s vocabularies on top of the named encoder (options: see ``load_encoder``)."""
+        spec = load_encoder(encoder, layers=layers, max_length=max_length, dropout=dropout, init_range=init_range)
         tok = spec.tokenizer
         config = KGEConfig(
             encoder=encoder,
