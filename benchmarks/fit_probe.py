@@ -37,7 +37,7 @@ from torch import nn  # noqa: E402
 from _fresh import add_model_args, load_or_skip  # noqa: E402
 from deltakg.kge.evaluation import FilterIndex, evaluate_ranking  # noqa: E402
 from deltakg.kge.inputs import HEAD, TAIL  # noqa: E402
-from deltakg.kge.lightning import both_sides  # noqa: E402
+from deltakg.kge.lightning import LinkPredictionModule, both_sides  # noqa: E402
 from deltakg.kge.model import MaskedEntityModel  # noqa: E402
 
 
@@ -94,16 +94,15 @@ def main() -> None:
     if args.model == "ours":
         model = MaskedEntityModel.for_graph(kg, args.encoder, layers=args.layers, use_text=args.text,
                                             dropout=args.dropout, init_range=args.init_range)
-        if not args.text:  # only [CLS]/[SEP]/[MASK] of the word table are read: no update for it (as in training)
-            model.encoder.get_input_embeddings().weight.requires_grad_(False)
+        # the optimiser `deltakg train` builds (AdamW; without texts the word table gets no update)
+        optimizer = LinkPredictionModule(model, kg, lr=args.lr, weight_decay=args.weight_decay).configure_optimizers()
 
         def states(triples: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
             return model.mask_states(**model.inputs(triples, sides))
     else:
         model = MLPQueries(kg.num_entities, kg.num_relations, args.dim)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         states = model.mask_states
-    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr,
-                                  weight_decay=args.weight_decay)
     filter_index = FilterIndex(kg.all_triples(), kg.num_entities)
     generator = torch.Generator().manual_seed(args.seed)
     train_subset = kg.train[torch.randperm(kg.train.shape[0], generator=generator)[: args.train_subset]]

@@ -30,8 +30,7 @@ def minilm_path() -> Path:
 
 
 def tiny_config(
-    vocab_size: int, *, hidden_size: int = 128, layers: int = 2, max_length: int = 64, dropout: float = 0.1,
-    initializer_range: float = 0.02,
+    vocab_size: int, *, hidden_size: int = 128, layers: int = 2, max_length: int = 64, dropout: float = 0.1
 ) -> BertConfig:
     """A small randomly initialised BERT (CoKE-style) for tests and CPU-budget runs."""
     return BertConfig(
@@ -43,7 +42,6 @@ def tiny_config(
         max_position_embeddings=max(max_length, 16),
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
-        initializer_range=initializer_range,
     )
 
 
@@ -105,9 +103,8 @@ def load_encoder(
         overrides["initializer_range"] = init_range
     if spec == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-        config = tiny_config(len(tokenizer), max_length=max_length, layers=layers or 2,
-                             dropout=0.1 if dropout is None else dropout,
-                             initializer_range=0.02 if init_range is None else init_range)
+        config = tiny_config(len(tokenizer), max_length=max_length, layers=layers or 2)
+        config.update(overrides)  # the same overrides as a pretrained config gets below
         model = AutoModel.from_config(config, add_pooling_layer=False)
         return EncoderSpec(model, tokenizer, pretrained=False)
     path = minilm_path() if spec == "minilm" else spec
