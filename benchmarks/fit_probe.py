@@ -5,7 +5,7 @@ Trains one model for ``--minutes`` with the same plain loop for both kinds, so t
 ``--batch-size`` triples, the entity decoder tied to the input entity embeddings.
 
 - ``--model ours``: ``MaskedEntityModel`` (``--encoder``, default tiny, ``--text``, ``--layers``, ``--dropout``,
-  ``--init-range``).
+  ``--init-range``, ``--inverse-relations``, ``--readout``).
 - ``--model mlp``: the reference. The mask state is ``MLP([e_h; r])`` (Linear 2d -> 2d, GELU, Linear 2d -> d) with
   separate relation embeddings for head queries, scored against the same tied entity table (``--dim``).
 
@@ -36,7 +36,7 @@ from torch import nn  # noqa: E402
 
 from _fresh import add_model_args, load_or_skip  # noqa: E402
 from deltakg.kge.evaluation import FilterIndex, evaluate_ranking  # noqa: E402
-from deltakg.kge.inputs import HEAD, TAIL  # noqa: E402
+from deltakg.kge.inputs import HEAD, READOUTS, TAIL  # noqa: E402
 from deltakg.kge.lightning import LinkPredictionModule, both_sides  # noqa: E402
 from deltakg.kge.model import MaskedEntityModel  # noqa: E402
 
@@ -84,6 +84,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--dropout", type=float, default=None)
     p.add_argument("--init-range", type=float, default=None)
+    p.add_argument("--inverse-relations", action="store_true", help="ours: a separate relation token for head queries")
+    p.add_argument("--readout", choices=READOUTS, default="mask", help="ours: the decoded position")
     p.add_argument("--dim", type=int, default=400, help="embedding width of the MLP reference")
     p.add_argument("--train-subset", type=int, default=1000)
     args = p.parse_args()
@@ -93,7 +95,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     if args.model == "ours":
         model = MaskedEntityModel.for_graph(kg, args.encoder, layers=args.layers, use_text=args.text,
-                                            dropout=args.dropout, init_range=args.init_range)
+                                            dropout=args.dropout, init_range=args.init_range,
+                                            inverse_relations=args.inverse_relations, readout=args.readout)
         # the optimiser `deltakg train` builds (AdamW; without texts the word table gets no update)
         optimizer = LinkPredictionModule(model, kg, lr=args.lr, weight_decay=args.weight_decay).configure_optimizers()
 

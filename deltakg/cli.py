@@ -111,7 +111,7 @@ def _load_kg(args: argparse.Namespace):
 _TRAIN_OPTIONS = {
     "epochs": "epochs", "max_steps": "max_steps", "max_time_minutes": "max_time", "batch_size": "batch_size",
     "train_type": "train_type", "fused_loss": "fused_loss", "lr": "lr", "encoder_lr": "encoder_lr",
-    "label_smoothing": "label_smoothing", "val_subset": "val_subset",
+    "label_smoothing": "label_smoothing", "weight_decay": "weight_decay", "val_subset": "val_subset",
     "pretrain_epochs": "pretrain_epochs", "seed": "seed", "accelerator": "accelerator", "devices": "devices",
     "strategy": "strategy", "num_nodes": "num_nodes", "precision": "precision",
     "gradient_checkpointing": "gradient_checkpointing",
@@ -145,6 +145,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             use_text=not args.no_text,
             dropout=args.dropout,
+            inverse_relations=args.inverse_relations,
+            readout=args.readout,
             config=config,
         )
     if result.is_global_zero:
@@ -345,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_data_check)
 
     from deltakg.kge import ENCODER_CHOICES
+    from deltakg.kge.inputs import READOUTS
 
     train = commands.add_parser("train", help="train a masked-entity KG embedding model (Lightning)")
     _dataset_args(train, DATA_ENV, dataset_names())
@@ -355,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-text", action="store_true", help="entity/relation tokens only, no texts")
     train.add_argument("--dropout", type=float, default=None,
                        help="encoder hidden/attention dropout (default: the encoder's own, 0.1 for tiny)")
+    train.add_argument("--inverse-relations", action="store_true",
+                       help="head queries get their own inverse-relation token (default: one token per relation)")
+    train.add_argument("--readout", choices=READOUTS, default="mask",
+                       help="decode the hidden state at [MASK] (the paper's) or at the known entity's token")
     train.add_argument("--epochs", type=int, default=20, help="max epochs (default 20)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps")
     train.add_argument("--max-time", type=float, default=None, metavar="MINUTES", help="stop after this long")
@@ -367,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=None, help="learning rate of the new parameters")
     train.add_argument("--encoder-lr", type=float, default=None, help="learning rate of the encoder")
     train.add_argument("--label-smoothing", type=float, default=0.1)
+    train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     train.add_argument("--patience", type=int, default=5, help="early stopping on valid MRR (0: off)")
     train.add_argument("--val-subset", type=int, default=None, help="validate on a fixed random subset")
     train.add_argument("--pretrain-epochs", type=int, default=0,

@@ -292,3 +292,20 @@ def test_fit_probe_benchmark_smoke():
         assert payload["benchmark"] == "fit_probe" and payload["model"] == model and payload["epochs"] == 2
         assert [point["epoch"] for point in payload["curve"]] == [1, 2]
         assert 0 < payload["test_mrr"] <= 1 and 0 < payload["best_valid"]["valid_mrr"] <= 1
+
+
+def test_quality_benchmark_smoke(tmp_path):
+    """The equal-budget comparison runs ours and both PyKEEN models on Nations and reports the same metrics."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
+    env = dict(os.environ, PYSTOW_HOME=str(tmp_path / "pystow"))
+    result = subprocess.run(
+        [sys.executable, str(script), "--dataset", "nations", "--minutes", "0.05", "--threads", "1"],
+        capture_output=True, text=True, timeout=300, check=False, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout.splitlines()[-1])
+    assert payload["benchmark"] == "quality" and set(payload["results"]) == {"ours", "rotate", "complex"}
+    for name, metrics in payload["results"].items():
+        assert 0 < metrics["mrr"] <= 1 and metrics["hits@1"] <= metrics["hits@10"], name
+    ours = payload["results"]["ours"]["config"]
+    assert (ours["readout"], ours["inverse_relations"], ours["layers"]) == ("entity", True, 1)

@@ -6,6 +6,14 @@ Token ids ``< V`` are the base vocabulary; ``V + e`` is entity ``e``'s token and
 - tail query: ``[CLS] [ENT_h] <head text> [SEP] <relation words> [REL_r] [SEP] [MASK] [SEP]``
 - head query: ``[CLS] [MASK] [SEP] <relation words> [REL_r] [SEP] [ENT_t] <tail text> [SEP]``
 
+Options beyond the paper's layout:
+
+- ``inverse_relations``: head queries carry their own token ``[REL_r^-1]`` (id ``V + E + R + r``), as
+  KGEs that train on reciprocal triples do, instead of telling the direction only by where ``[MASK]`` stands.
+- ``readout="entity"``: the decoded position (``mask_positions``) is the known entity's token instead of
+  ``[MASK]``. Its residual stream starts from the entity itself and its attention query depends on the
+  entity from the first layer on; on UMLS this generalised markedly better (docs/BENCHMARKS.md).
+
 Texts are tokenised once; a query is assembled from cached id lists and truncated longest-first.
 """
 
@@ -15,9 +23,10 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["QueryBuilder", "HEAD", "TAIL", "side_code"]
+__all__ = ["QueryBuilder", "HEAD", "TAIL", "READOUTS", "side_code"]
 
 HEAD, TAIL = 0, 1
+READOUTS = ("mask", "entity")
 
 
 def side_code(side: str) -> int:
@@ -54,9 +63,19 @@ class QueryBuilder:
         max_length: int = 64,
         entity_tokens: Sequence[Sequence[int]] | None = None,
         relation_tokens: Sequence[Sequence[int]] | None = None,
+        num_relations: int = 0,
+        inverse_relations: bool = False,
+        readout: str = "mask",
     ) -> None:
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        if inverse_relations and num_relations <= 0:
+            raise ValueError("inverse_relations needs num_relations (the offset of the inverse tokens)")
         self.base_vocab_size = base_vocab_size
         self.num_entities = num_entities
+        self.num_relations = num_relations
+        self.inverse_relations = inverse_relations
+        self.readout = readout
         self.cls_id, self.sep_id, self.mask_id, self.pad_id = cls_id, sep_id, mask_id, pad_id
         self.max_length = max_length
         self.entity_tokens = [list(t) for t in entity_tokens] if entity_tokens is not None else None
@@ -69,23 +88,31 @@ class QueryBuilder:
         """Token id of an entity."""
         return self.base_vocab_size + entity
 
-    def relation_id(self, relation: int) -> int:
-        """Token id of a relation."""
+    def relation_id(self, relation: int, side: int = TAIL) -> int:
+        """Token id of a relation in a query hiding ``side`` (the inverse relation's for head queries, if on)."""
+        if self.inverse_relations and side == HEAD:
+            relation += self.num_relations
         return self.base_vocab_size + self.num_entities + relation
 
     def _sequence(self, entity: int, relation: int, side: int) -> tuple[list[int], int]:
         text = self.entity_tokens[entity] if self.entity_tokens is not None else []
         words = self.relation_tokens[relation] if self.relation_tokens is not None else []
         n_text, n_words = _fit(len(text), len(words), self.max_length - self._fixed)
-        rel_part = words[:n_words] + [self.relation_id(relation), self.sep_id]
+        rel_part = words[:n_words] + [self.relation_id(relation, side), self.sep_id]
         ent_part = [self.entity_id(entity)] + text[:n_text]
+        entity_at = self.readout == "entity"
         if side == TAIL:
             ids = [self.cls_id] + ent_part + [self.sep_id] + rel_part + [self.mask_id, self.sep_id]
-            return ids, len(ids) - 2
-        return [self.cls_id, self.mask_id, self.sep_id] + rel_part + ent_part + [self.sep_id], 1
+            return ids, 1 if entity_at else len(ids) - 2
+        ids = [self.cls_id, self.mask_id, self.sep_id] + rel_part + ent_part + [self.sep_id]
+        return ids, 3 + len(rel_part) if entity_at else 1
 
     def build(self, triples: torch.Tensor, sides: torch.Tensor | int) -> dict[str, torch.Tensor]:
-        """Inputs for ``(b, 3)`` id triples; ``sides`` (per row or one for all) says which side is hidden."""
+        """Inputs for ``(b, 3)`` id triples; ``sides`` (per row or one for all) says which side is hidden.
+
+        ``mask_positions`` is the decoded position of each row: its ``[MASK]``, or under ``readout="entity"``
+        its known entity's token.
+        """
         rows = triples.tolist()
         if isinstance(sides, int):
             side_list = [sides] * len(rows)

@@ -46,6 +46,14 @@ class KGEConfig:
     base_vocab_size: int = 0
     encoder_config: dict[str, Any] = field(default_factory=dict)
     special_ids: dict[str, int] = field(default_factory=dict)
+    # the defaults are the paper's layout, which models saved before these options used
+    inverse_relations: bool = False
+    readout: str = "mask"
+
+    @property
+    def num_relation_tokens(self) -> int:
+        """Rows of the relation table: one per relation, twice that with inverse relations."""
+        return self.num_relations * (2 if self.inverse_relations else 1)
 
 
 class MaskedEntityModel(nn.Module):
@@ -71,7 +79,7 @@ class MaskedEntityModel(nn.Module):
         self.relation_texts = relation_texts
         hidden = encoder.config.hidden_size
         self.entity_embeddings = nn.Embedding(config.num_entities, hidden)
-        self.relation_embeddings = nn.Embedding(config.num_relations, hidden)
+        self.relation_embeddings = nn.Embedding(config.num_relation_tokens, hidden)
         self.transform = nn.Sequential(
             nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=encoder.config.layer_norm_eps)
         )
@@ -92,6 +100,9 @@ class MaskedEntityModel(nn.Module):
             max_length=config.max_length,
             entity_tokens=self._tokenize(entities, entity_texts) if config.use_text else None,
             relation_tokens=self._tokenize(relations, relation_texts) if config.use_text else None,
+            num_relations=config.num_relations,
+            inverse_relations=config.inverse_relations,
+            readout=config.readout,
         )
 
     # ------------------------------------------------------------------------------ construction
@@ -106,8 +117,13 @@ class MaskedEntityModel(nn.Module):
         use_text: bool = True,
         dropout: float | None = None,
         init_range: float | None = None,
+        inverse_relations: bool = False,
+        readout: str = "mask",
     ) -> "MaskedEntityModel":
-        """A fresh model for ``kg``'s vocabularies on top of the named encoder (options: see ``load_encoder``)."""
+        """A fresh model for ``kg``'s vocabularies on top of the named encoder.
+
+        Encoder options: see ``load_encoder``; ``inverse_relations`` and ``readout``: see ``deltakg.kge.inputs``.
+        """
         spec = load_encoder(encoder, layers=layers, max_length=max_length, dropout=dropout, init_range=init_range)
         tok = spec.tokenizer
         config = KGEConfig(
@@ -118,6 +134,8 @@ class MaskedEntityModel(nn.Module):
             max_length=max_length,
             use_text=use_text,
             dataset=kg.name,
+            inverse_relations=inverse_relations,
+            readout=readout,
             base_vocab_size=spec.model.get_input_embeddings().num_embeddings,
             encoder_config=spec.model.config.to_dict(),
             special_ids={
@@ -143,8 +161,11 @@ class MaskedEntityModel(nn.Module):
         # a pretrained encoder already knows the words: start each new token at the mean of its text's
         # word embeddings, which PT-KGE otherwise learns in its first stage
         words = self.encoder.get_input_embeddings().weight
+        relation_tokens = self.builder.relation_tokens
+        if self.config.inverse_relations:
+            relation_tokens = relation_tokens * 2  # an inverse relation starts from its relation's words
         for table, tokens in ((self.entity_embeddings, self.builder.entity_tokens),
-                              (self.relation_embeddings, self.builder.relation_tokens)):
+                              (self.relation_embeddings, relation_tokens)):
             for i, ids in enumerate(tokens):
                 if ids:
                     table.weight[i] = words[torch.tensor(ids)].mean(dim=0)

@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from pytorch_lightning.loggers import CSVLogger
 
 from kg_data import KnowledgeGraph
+from kg_data.errors import KGDataError
 
 from .lightning import DescriptionPretrainingModule, LinkPredictionModule, TripleDataModule
 from .model import MaskedEntityModel
@@ -60,6 +61,19 @@ class TrainConfig:
     progress: bool = True
     bound_memory: bool = True
     gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        # torch checks only an optimiser's default rate, not its groups' (ours are groups): a negative --lr
+        # would train by gradient ascent without a word
+        for name, rate in (("lr", self.lr), ("encoder-lr", self.encoder_lr)):
+            if rate is not None and not rate > 0:
+                raise KGDataError(f"must be > 0, got {rate}", field=name)
+        if not self.weight_decay >= 0:
+            raise KGDataError(f"must be >= 0, got {self.weight_decay}", field="weight-decay")
+        if not 0 <= self.label_smoothing < 1:
+            raise KGDataError(f"must be in [0, 1), got {self.label_smoothing}", field="label-smoothing")
+        if self.batch_size < 1:
+            raise KGDataError(f"must be >= 1, got {self.batch_size}", field="batch-size")
 
 
 @dataclass
@@ -134,6 +148,8 @@ def train_model(
     max_length: int = 64,
     use_text: bool = True,
     dropout: float | None = None,
+    inverse_relations: bool = False,
+    readout: str = "mask",
     config: TrainConfig | None = None,
     callbacks: list[pl.Callback] | None = None,
 ) -> TrainResult:
@@ -146,7 +162,7 @@ def train_model(
     _quiet_lightning()
     pl.seed_everything(config.seed, workers=True, verbose=False)
     model = MaskedEntityModel.for_graph(kg, encoder, layers=layers, max_length=max_length, use_text=use_text,
-                                        dropout=dropout)
+                                        dropout=dropout, inverse_relations=inverse_relations, readout=readout)
     if config.gradient_checkpointing:
         model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pretrained = encoder != "tiny"
