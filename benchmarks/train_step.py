@@ -1,13 +1,21 @@
-"""Benchmark: time of one training step of the masked-entity model, fused decoder loss vs the unfused one.
+"""Benchmark: time of one training step of the masked-entity model, each of two forms against the other.
 
 A training step of ``deltakg train`` encodes the head and tail query of every triple in the batch and takes the
-cross-entropy over all entities. The unfused form, ``F.cross_entropy(model(...), targets)``, materialises the
-``(queries, entities)`` score matrix and its log-softmax; ``MaskedEntityModel.decode_loss``
-(``deltakg/kge/loss.py``) walks the entities in chunks instead. Both run here on the same model, batches and
-optimiser (AdamW, the groups of ``deltakg train``), alternating, and the script reports the median step time of each,
-split into forward+loss, backward and optimiser step, and the loss difference of the first batch. One JSON line.
+cross-entropy over all entities. ``--compare`` picks the pair:
+
+- ``loss`` (default): the unfused loss, ``F.cross_entropy(model(...), targets)``, materialises the
+  ``(queries, entities)`` score matrix and its log-softmax; ``MaskedEntityModel.decode_loss``
+  (``deltakg/kge/loss.py``) walks the entities in chunks instead. Keys ``fused`` / ``unfused``.
+- ``last-layer``: the full encoder against ``sparse_last_layer`` (what ``train_model`` uses), where the last layer
+  computes its query, attention output and FFN only at the decoded position. Keys ``sparse`` / ``full``.
+
+Both forms run on the same model, batches and optimiser (AdamW, the groups of ``deltakg train``), alternating, and
+the script reports the median step time of each, split into forward+loss, backward and optimiser step, the
+speed-up of the first over the second, and the loss difference of the first batch. One JSON line.
 
     python benchmarks/train_step.py --dataset wn18rr --data-dir ../shared/data/kg
+    python benchmarks/train_step.py --dataset wn18rr --data-dir ../shared/data/kg --compare last-layer \
+        --encoder minilm --layers 2 --text --max-length 32
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(p)
     p.add_argument("--steps", type=int, default=20, help="timed steps of each kind (after 3 warm-up steps each)")
+    p.add_argument("--compare", choices=("loss", "last-layer"), default="loss", help="which two forms to time")
+    p.add_argument("--layers", type=int, default=None, help="keep only the first N encoder layers")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--readout", choices=("mask", "entity"), default="mask")
+    p.add_argument("--inverse-relations", action="store_true")
     args = p.parse_args(argv)
     kg = load_or_skip("train_step", args)
     if kg is None:
@@ -40,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deltakg.kge.lightning import LinkPredictionModule, both_sides
     from deltakg.kge.model import MaskedEntityModel
     torch.manual_seed(args.seed)
-    model = MaskedEntityModel.for_graph(kg, args.encoder, use_text=args.text).train()
+    model = MaskedEntityModel.for_graph(kg, args.encoder, use_text=args.text, layers=args.layers,
+                                        max_length=args.max_length, readout=args.readout,
+                                        inverse_relations=args.inverse_relations).train()
     optimizer = LinkPredictionModule(model, kg, lr=1e-2, encoder_lr=1e-3).configure_optimizers()
     order = torch.randperm(kg.train.shape[0], generator=torch.Generator().manual_seed(args.seed))
 
@@ -48,11 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         triples, sides, targets = both_sides(kg.train[order[(i * args.batch_size) % order.numel():][: args.batch_size]])
         return model.inputs(triples, sides), targets
 
-    def step(fused: bool, i: int) -> tuple[float, float, float, float]:
+    names = ("fused", "unfused") if args.compare == "loss" else ("sparse", "full")
+
+    def forward_loss(form: str, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        model.sparse_last_layer = form == "sparse"
+        states = model.mask_states(**inputs)
+        return model.decode_loss(states, targets, label_smoothing=args.label_smoothing, fused=form != "unfused")
+
+    def step(form: str, i: int) -> tuple[float, float, float, float]:
         inputs, targets = batch(i)
         t0 = time.perf_counter()
-        states = model.mask_states(**inputs)
-        loss = model.decode_loss(states, targets, label_smoothing=args.label_smoothing, fused=fused)
+        loss = forward_loss(form, inputs, targets)
         t1 = time.perf_counter()
         optimizer.zero_grad()
         loss.backward()
@@ -61,17 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2, float(loss)
 
-    with torch.no_grad():  # same weights, same batch: the two losses must agree
+    model.eval()  # same weights, same batch, no dropout: the two losses must agree
+    with torch.no_grad():
         inputs, targets = batch(0)
-        states = model.mask_states(**inputs)
-        loss_diff = abs(float(model.decode_loss(states, targets, label_smoothing=args.label_smoothing))
-                        - float(model.decode_loss(states, targets, label_smoothing=args.label_smoothing, fused=False)))
-    times: dict[str, list[tuple[float, float, float, float]]] = {"fused": [], "unfused": []}
+        loss_diff = abs(float(forward_loss(names[0], inputs, targets)) - float(forward_loss(names[1], inputs, targets)))
+    model.train()
+    times: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in names}
     for i in range(3):
-        step(True, i), step(False, i)
+        step(names[0], i), step(names[1], i)
     for i in range(args.steps):  # alternate so both see the same machine load
-        times["fused"].append(step(True, i))
-        times["unfused"].append(step(False, i))
+        for name in names:
+            times[name].append(step(name, i))
 
     def summary(rows: list[tuple[float, float, float, float]]) -> dict[str, float]:
         parts = [statistics.median(r[k] for r in rows) * 1000 for k in range(3)]
@@ -80,11 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "optimizer_ms": round(parts[2], 1), "step_ms": round(total, 1),
                 "queries_per_s": round(2 * args.batch_size / total * 1000, 1)}
 
-    fused, unfused = summary(times["fused"]), summary(times["unfused"])
+    first, second = summary(times[names[0]]), summary(times[names[1]])
     print(json.dumps({
         "benchmark": "train_step", "dataset": kg.name, "entities": kg.num_entities,
         "config": vars(args), "threads": torch.get_num_threads(),
-        "fused": fused, "unfused": unfused, "speedup": round(unfused["step_ms"] / fused["step_ms"], 3),
+        names[0]: first, names[1]: second, "speedup": round(second["step_ms"] / first["step_ms"], 3),
         "first_loss_abs_diff": loss_diff,
     }))
     return 0

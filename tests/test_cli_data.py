@@ -263,18 +263,20 @@ def test_memorise_benchmark_smoke():
     assert all(0 <= t["hits@1"] <= 1 and t["geomean_rank"] >= 1 for t in payload["trace"])
 
 
-def test_train_step_benchmark_smoke():
-    """The training-step benchmark times fused and unfused steps on one model and their losses agree."""
+@pytest.mark.parametrize("compare,kinds", [("loss", ("fused", "unfused")), ("last-layer", ("sparse", "full"))])
+def test_train_step_benchmark_smoke(compare, kinds):
+    """The training-step benchmark times two forms of a step on one model, and their losses agree."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "train_step.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--dataset", "nations", "--batch-size", "16", "--steps", "2", "--threads", "1"],
+        [sys.executable, str(script), "--dataset", "nations", "--batch-size", "16", "--steps", "2", "--threads", "1",
+         "--compare", compare, "--readout", "entity"],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout.splitlines()[-1])
     assert payload["benchmark"] == "train_step" and payload["entities"] == 14
     assert payload["first_loss_abs_diff"] < 1e-5
-    for kind in ("fused", "unfused"):
+    for kind in kinds:
         assert payload[kind]["step_ms"] > 0 and payload[kind]["queries_per_s"] > 0
 
 

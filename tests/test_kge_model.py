@@ -203,6 +203,34 @@ def test_inverse_relations_and_readout_options(nations, tmp_path):
     assert (old.config.inverse_relations, old.config.readout) == (False, "mask")
 
 
+@pytest.mark.parametrize("encoder,options", [("tiny", {"use_text": False}),
+                                             ("tiny", {"use_text": True, "readout": "entity", "layers": 1}),
+                                             ("minilm", {"layers": 2, "inverse_relations": True})])
+def test_sparse_last_layer_gives_the_full_forward(nations, encoder, options):
+    """Computing the last layer only at the decoded position changes neither states nor gradients."""
+    model = _tiny(nations, **options) if encoder == "tiny" else MaskedEntityModel.for_graph(nations, encoder, **options)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.train()
+    triples = nations.train[:24]
+    sides = torch.arange(24) % 2
+    inputs = model.inputs(triples, sides)
+    results = []
+    for sparse in (False, True):
+        model.sparse_last_layer = sparse
+        model.zero_grad()
+        states = model.mask_states(**inputs)
+        model.decode_loss(states, torch.where(sides == 1, triples[:, 2], triples[:, 0])).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((states.detach(), grads))
+    (full, full_grads), (sparse, sparse_grads) = results
+    torch.testing.assert_close(sparse, full, rtol=1e-5, atol=1e-5)
+    assert full_grads.keys() == sparse_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(sparse_grads[name], full_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_layers_option_keeps_first_layers(nations):
     model = MaskedEntityModel.for_graph(nations, "minilm", layers=2)
     assert len(model.encoder.encoder.layer) == 2

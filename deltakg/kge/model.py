@@ -56,6 +56,15 @@ class KGEConfig:
         return self.num_relations * (2 if self.inverse_relations else 1)
 
 
+def _supports_sparse_last_layer(encoder: nn.Module) -> bool:
+    # the fast path rebuilds BERT's layer from its parts (transformers 5 layout); other encoders run in full
+    try:
+        from transformers.masking_utils import create_bidirectional_mask  # noqa: F401
+    except ImportError:
+        return False
+    return type(encoder).__name__ == "BertModel" and not encoder.config.is_decoder
+
+
 class MaskedEntityModel(nn.Module):
     """Encoder + MLM transform + entity decoder tied to the entity token embeddings."""
 
@@ -84,6 +93,9 @@ class MaskedEntityModel(nn.Module):
             nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=encoder.config.layer_norm_eps)
         )
         self.entity_bias = nn.Parameter(torch.zeros(config.num_entities))
+        # runtime switch, not saved: compute the last layer only at the decoded position (training turns it on;
+        # editors hook every position of a layer's FFN, so it is off by default)
+        self.sparse_last_layer = False
         std = encoder.config.initializer_range
         for module in (self.entity_embeddings, self.relation_embeddings):
             nn.init.normal_(module.weight, std=std)
@@ -188,9 +200,36 @@ class MaskedEntityModel(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_positions: torch.Tensor
     ) -> torch.Tensor:
         """Transformed hidden states at the mask position, ``(b, d)`` (the input of the entity decoder)."""
+        if self.sparse_last_layer and _supports_sparse_last_layer(self.encoder):
+            return self.transform(self._states_at(input_ids, attention_mask, mask_positions))
         hidden = self.encoder(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask).last_hidden_state
         at_mask = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_positions]
         return self.transform(at_mask)
+
+    def _states_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # the decoder reads one position, so the last layer needs keys and values of every token but its
+        # query, attention output and FFN only there (the FFN is two thirds of a layer's FLOPs)
+        from transformers.masking_utils import create_bidirectional_mask
+
+        encoder = self.encoder
+        hidden = encoder.embeddings(inputs_embeds=self.embed(input_ids))
+        mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        *body, last = encoder.encoder.layer
+        for layer in body:
+            hidden = layer(hidden, mask)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        at = hidden[rows, positions]
+        attention = last.attention.self
+        b, heads, size = hidden.shape[0], attention.num_attention_heads, attention.attention_head_size
+        query = attention.query(at).view(b, heads, 1, size)
+        key = attention.key(hidden).view(b, -1, heads, size).transpose(1, 2)
+        value = attention.value(hidden).view(b, -1, heads, size).transpose(1, 2)
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask[:, None, None, :].bool(),
+            dropout_p=attention.dropout.p if self.training else 0.0, scale=attention.scaling,
+        )
+        attended = last.attention.output(context.reshape(b, heads * size), at)
+        return last.output(last.intermediate(attended), attended)
 
     def decode(self, states: torch.Tensor) -> torch.Tensor:
         """Scores over all entities from mask states, ``(b, num_entities)``, always in float32."""

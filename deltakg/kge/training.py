@@ -165,6 +165,7 @@ def train_model(
                                         dropout=dropout, inverse_relations=inverse_relations, readout=readout)
     if config.gradient_checkpointing:
         model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.sparse_last_layer = True  # the same scores, less work; off again for the model we hand back
     pretrained = encoder != "tiny"
     lr = config.lr if config.lr is not None else (5e-4 if pretrained else 1e-3)
     encoder_lr = config.encoder_lr if config.encoder_lr is not None else (5e-5 if pretrained else lr)
@@ -222,6 +223,7 @@ def train_model(
         "parameters": model.num_parameters(),
     }
     model.eval()
+    model.sparse_last_layer = False
     if trainer.is_global_zero:
         model.save_pretrained(out)
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
