@@ -332,3 +332,34 @@ def test_last_layer_cache_matches_full_passes(base):
                                  batch_size=2)
     assert torch.equal(runs[True].edit_ranks_after, runs[False].edit_ranks_after)
     assert torch.allclose(runs[True].stable_ranks_after, runs[False].stable_ranks_after, atol=2)
+
+
+def test_editors_work_on_the_entity_readout_layout(tmp_path):
+    """FT and KGEditor act on the decoded position, which under ``readout="entity"`` is the known entity's token."""
+    from deltakg.editing.slot_cache import LastLayerSlotCache
+
+    kg = load_dataset("nations")
+    train_model(kg, tmp_path / "m", encoder="tiny", use_text=False, layers=1, inverse_relations=True,
+                readout="entity", config=TrainConfig(epochs=4, batch_size=64, progress=False, patience=None, seed=1))
+    model = MaskedEntityModel.from_pretrained(tmp_path / "m")
+    assert not model.sparse_last_layer  # editors hook every position of the FFN
+    with torch.no_grad():
+        top = model.score(kg.train, "tail").argmax(dim=1)
+    cases = [EditCase(t, "tail", wrong=kg.entities.label(int(top[i])))
+             for i, t in enumerate(kg.triples("train")) if top[i] != kg.train[i, 2]][:6]
+    stable = [StableFact(t, "tail") for i, t in enumerate(kg.triples("train")) if top[i] == kg.train[i, 2]][:30]
+    assert len(cases) == 6 and len(stable) == 30
+    for editor in (get_editor("ft", steps=5), KGEditor(KGEditorConfig(layers=[-1], extra=64))):
+        model = MaskedEntityModel.from_pretrained(tmp_path / "m")
+        if isinstance(editor, KGEditor):
+            editor.prepare(KGETarget(model))
+            facts = KGETarget(model).encode(cases)
+            cache = editor.slot_cache(KGETarget(model), facts)
+            assert isinstance(cache, LastLayerSlotCache)
+            model.eval()
+            with torch.no_grad():
+                assert torch.allclose(cache.scores(), KGETarget(model).scores(facts), atol=1e-4)
+        before = _state(model)
+        report = run_edits(editor, model, cases, stable, batch_size=2)
+        assert _same(before, _state(model))
+        assert report.metrics["succ@1"] >= 0.5, report.metrics
