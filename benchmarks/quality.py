@@ -187,6 +187,7 @@ def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str) 
         seed=seed,
         resume=False,
         progress=False,
+        sparse_last_layer=True,  # the same function, ~1.5x faster steps (train_step --compare last-layer)
     )
     out = tempfile.mkdtemp(prefix="ours-", dir=out_root)
     t0, cpu0 = time.perf_counter(), time.process_time()

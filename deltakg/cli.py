@@ -114,7 +114,7 @@ _TRAIN_OPTIONS = {
     "label_smoothing": "label_smoothing", "weight_decay": "weight_decay", "val_subset": "val_subset",
     "pretrain_epochs": "pretrain_epochs", "seed": "seed", "accelerator": "accelerator", "devices": "devices",
     "strategy": "strategy", "num_nodes": "num_nodes", "precision": "precision",
-    "gradient_checkpointing": "gradient_checkpointing",
+    "gradient_checkpointing": "gradient_checkpointing", "sparse_last_layer": "sparse_last_layer",
 }
 
 
@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=128, help="triples per step (each gives 2 queries)")
     train.add_argument("--fused-loss", action="store_true",
                        help="decoder and loss fused over entity chunks (faster with many entities; kvsall always)")
+    train.add_argument("--sparse-last-layer", action="store_true",
+                       help="compute the last layer only at the decoded position (same function, ~1.5x faster steps)")
     train.add_argument("--train-type", choices=("1vsall", "kvsall"), default="1vsall",
                        help="1vsall: one example per training triple and side; kvsall: one per distinct query with "
                             "all its answers as the target, 2 x batch-size queries per step (default 1vsall)")

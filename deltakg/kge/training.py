@@ -61,6 +61,9 @@ class TrainConfig:
     progress: bool = True
     bound_memory: bool = True
     gradient_checkpointing: bool = False
+    # the last layer only at the decoded position: the same function, 1.5x faster steps, but another dropout
+    # stream, so seeded runs (and the CI edit-set builds' KGEditor-vs-FT margins) differ; opt-in like fused_loss
+    sparse_last_layer: bool = False
 
     def __post_init__(self) -> None:
         # torch checks only an optimiser's default rate, not its groups' (ours are groups): a negative --lr
@@ -165,7 +168,7 @@ def train_model(
                                         dropout=dropout, inverse_relations=inverse_relations, readout=readout)
     if config.gradient_checkpointing:
         model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.sparse_last_layer = True  # the same scores, less work; off again for the model we hand back
+    model.sparse_last_layer = config.sparse_last_layer  # off again for the model we hand back
     pretrained = encoder != "tiny"
     lr = config.lr if config.lr is not None else (5e-4 if pretrained else 1e-3)
     encoder_lr = config.encoder_lr if config.encoder_lr is not None else (5e-5 if pretrained else lr)
