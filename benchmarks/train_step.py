@@ -8,6 +8,10 @@ cross-entropy over all entities. ``--compare`` picks the pair:
   (``deltakg/kge/loss.py``) walks the entities in chunks instead. Keys ``fused`` / ``unfused``.
 - ``last-layer``: the full encoder against ``sparse_last_layer`` (what ``train_model`` uses), where the last layer
   computes its query, attention output and FFN only at the decoded position. Keys ``sparse`` / ``full``.
+- ``decoder-dtype``: the fused loss with its decoder products in bfloat16 against float32 (both with the sparse
+  last layer). Keys ``bfloat16`` / ``float32``.
+- ``optimizer``: ``AdamW(fused=True)`` against torch's default AdamW (each with its own state; fused loss, sparse
+  last layer). Keys ``fused_adamw`` / ``adamw``.
 
 Both forms run on the same model, batches and optimiser (AdamW, the groups of ``deltakg train``), alternating, and
 the script reports the median step time of each, split into forward+loss, backward and optimiser step, the
@@ -34,17 +38,25 @@ import torch  # noqa: E402
 
 from _fresh import add_model_args, load_or_skip  # noqa: E402
 
+from deltakg.kge.inputs import READOUTS  # noqa: E402
+
+# --compare: the two forms timed, the first the candidate
+PAIRS = {"loss": ("fused", "unfused"), "last-layer": ("sparse", "full"), "decoder-dtype": ("bfloat16", "float32"),
+         "optimizer": ("fused_adamw", "adamw")}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Time fused and unfused training steps and print one JSON line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(p)
     p.add_argument("--steps", type=int, default=20, help="timed steps of each kind (after 3 warm-up steps each)")
-    p.add_argument("--compare", choices=("loss", "last-layer"), default="loss", help="which two forms to time")
+    p.add_argument("--compare", choices=tuple(PAIRS), default="loss", help="which two forms to time")
     p.add_argument("--layers", type=int, default=None, help="keep only the first N encoder layers")
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--readout", choices=("mask", "entity"), default="mask")
+    p.add_argument("--readout", choices=READOUTS, default="mask")
+    p.add_argument("--compact", action="store_true", help="queries without [CLS]/[SEP]")
     p.add_argument("--inverse-relations", action="store_true")
+    p.add_argument("--fused-optimizer", action="store_true", help="AdamW(fused=True) for both forms")
     args = p.parse_args(argv)
     kg = load_or_skip("train_step", args)
     if kg is None:
@@ -54,30 +66,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deltakg.kge.model import MaskedEntityModel
     torch.manual_seed(args.seed)
     model = MaskedEntityModel.for_graph(kg, args.encoder, use_text=args.text, layers=args.layers,
-                                        max_length=args.max_length, readout=args.readout,
+                                        max_length=args.max_length, readout=args.readout, compact=args.compact,
                                         inverse_relations=args.inverse_relations).train()
-    optimizer = LinkPredictionModule(model, kg, lr=1e-2, encoder_lr=1e-3).configure_optimizers()
+    optimizers = {
+        fused: LinkPredictionModule(model, kg, lr=1e-2, encoder_lr=1e-3, fused_optimizer=fused).configure_optimizers()
+        for fused in (False, True)
+    }
     order = torch.randperm(kg.train.shape[0], generator=torch.Generator().manual_seed(args.seed))
 
     def batch(i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         triples, sides, targets = both_sides(kg.train[order[(i * args.batch_size) % order.numel():][: args.batch_size]])
         return model.inputs(triples, sides), targets
 
-    names = ("fused", "unfused") if args.compare == "loss" else ("sparse", "full")
+    names = PAIRS[args.compare]
 
     def forward_loss(form: str, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        model.sparse_last_layer = form == "sparse"
+        model.sparse_last_layer = form not in ("full", "fused", "unfused")
         states = model.mask_states(**inputs)
-        return model.decode_loss(states, targets, label_smoothing=args.label_smoothing, fused=form != "unfused")
+        return model.decode_loss(states, targets, label_smoothing=args.label_smoothing, fused=form != "unfused",
+                                 matmul_dtype=torch.bfloat16 if form == "bfloat16" else torch.float32)
 
     def step(form: str, i: int) -> tuple[float, float, float, float]:
         inputs, targets = batch(i)
         t0 = time.perf_counter()
         loss = forward_loss(form, inputs, targets)
         t1 = time.perf_counter()
-        optimizer.zero_grad()
+        model.zero_grad()
         loss.backward()
         t2 = time.perf_counter()
+        optimizer = optimizers[form == "fused_adamw" or (args.fused_optimizer and form != "adamw")]
         optimizer.step()
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2, float(loss)

@@ -115,6 +115,7 @@ _TRAIN_OPTIONS = {
     "pretrain_epochs": "pretrain_epochs", "seed": "seed", "accelerator": "accelerator", "devices": "devices",
     "strategy": "strategy", "num_nodes": "num_nodes", "precision": "precision",
     "gradient_checkpointing": "gradient_checkpointing", "sparse_last_layer": "sparse_last_layer",
+    "decoder_dtype": "decoder_dtype", "fused_optimizer": "fused_optimizer",
 }
 
 
@@ -147,6 +148,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             dropout=args.dropout,
             inverse_relations=args.inverse_relations,
             readout=args.readout,
+            compact=args.compact_input,
+            init_from_text=args.init_from_text,
             config=config,
         )
     if result.is_global_zero:
@@ -346,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=_cmd_data_check)
 
-    from deltakg.kge import ENCODER_CHOICES
+    from deltakg.kge import DECODER_DTYPES, ENCODER_CHOICES
     from deltakg.kge.inputs import READOUTS
 
     train = commands.add_parser("train", help="train a masked-entity KG embedding model (Lightning)")
@@ -356,12 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", type=int, default=None, help="keep only the first N encoder layers")
     train.add_argument("--max-length", type=int, default=64, help="max tokens per query (default 64)")
     train.add_argument("--no-text", action="store_true", help="entity/relation tokens only, no texts")
+    train.add_argument("--init-from-text", action=argparse.BooleanOptionalAction, default=None,
+                       help="start entity/relation tokens at their text's mean word embedding, also with --no-text "
+                            "(default: on with texts and a pretrained encoder)")
     train.add_argument("--dropout", type=float, default=None,
                        help="encoder hidden/attention dropout (default: the encoder's own, 0.1 for tiny)")
     train.add_argument("--inverse-relations", action="store_true",
                        help="head queries get their own inverse-relation token (default: one token per relation)")
     train.add_argument("--readout", choices=READOUTS, default="mask",
                        help="decode the hidden state at [MASK] (the paper's) or at the known entity's token")
+    train.add_argument("--compact-input", action="store_true",
+                       help="queries without [CLS]/[SEP]: 3 tokens instead of 7 without texts")
     train.add_argument("--epochs", type=int, default=20, help="max epochs (default 20)")
     train.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps")
     train.add_argument("--max-time", type=float, default=None, metavar="MINUTES", help="stop after this long")
@@ -370,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decoder and loss fused over entity chunks (faster with many entities; kvsall always)")
     train.add_argument("--sparse-last-layer", action="store_true",
                        help="compute the last layer only at the decoded position (same function, ~1.5x faster steps)")
+    train.add_argument("--fused-optimizer", action="store_true",
+                       help="AdamW's fused kernel: one pass per tensor, ~6x faster optimiser steps on CPU")
+    train.add_argument("--decoder-dtype", choices=DECODER_DTYPES, default="float32",
+                       help="dtype of the training loss's decoder products (bfloat16: ~3x faster on CPUs with AMX; "
+                            "evaluation always scores in float32)")
     train.add_argument("--train-type", choices=("1vsall", "kvsall"), default="1vsall",
                        help="1vsall: one example per training triple and side; kvsall: one per distinct query with "
                             "all its answers as the target, 2 x batch-size queries per step (default 1vsall)")

@@ -263,8 +263,11 @@ def test_memorise_benchmark_smoke():
     assert all(0 <= t["hits@1"] <= 1 and t["geomean_rank"] >= 1 for t in payload["trace"])
 
 
-@pytest.mark.parametrize("compare,kinds", [("loss", ("fused", "unfused")), ("last-layer", ("sparse", "full"))])
-def test_train_step_benchmark_smoke(compare, kinds):
+@pytest.mark.parametrize("compare,kinds,tolerance", [("loss", ("fused", "unfused"), 1e-5),
+                                                     ("last-layer", ("sparse", "full"), 1e-5),
+                                                     ("decoder-dtype", ("bfloat16", "float32"), 1e-2),
+                                                     ("optimizer", ("fused_adamw", "adamw"), 0.0)])
+def test_train_step_benchmark_smoke(compare, kinds, tolerance):
     """The training-step benchmark times two forms of a step on one model, and their losses agree."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "train_step.py"
     result = subprocess.run(
@@ -275,7 +278,7 @@ def test_train_step_benchmark_smoke(compare, kinds):
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout.splitlines()[-1])
     assert payload["benchmark"] == "train_step" and payload["entities"] == 14
-    assert payload["first_loss_abs_diff"] < 1e-5
+    assert payload["first_loss_abs_diff"] <= tolerance  # bf16 products: rounding; the optimiser: same forward
     for kind in kinds:
         assert payload[kind]["step_ms"] > 0 and payload[kind]["queries_per_s"] > 0
 

@@ -123,6 +123,31 @@ def test_decoder_cross_entropy_equals_unfused(smoothing, chunk):
         decoder_cross_entropy(states, weight, bias, targets, label_smoothing=1.0)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_decoder_cross_entropy_bfloat16_products(smoothing):
+    """bf16 decoder products: float32's loss and gradients up to bf16 rounding; float32 is the default, exactly."""
+    gen = torch.Generator().manual_seed(2)
+    states = torch.randn(16, 32, generator=gen, requires_grad=True)
+    weight = (0.3 * torch.randn(300, 32, generator=gen)).requires_grad_()
+    bias = torch.randn(300, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 300, (16,), generator=gen)
+    args = (states, weight, bias, targets)
+    default = decoder_cross_entropy(*args, label_smoothing=smoothing, chunk=64)
+    as_float = decoder_cross_entropy(*args, label_smoothing=smoothing, chunk=64, matmul_dtype=torch.float32)
+    assert torch.equal(default, as_float)
+    exact = F.cross_entropy(states.double() @ weight.double().t() + bias.double(), targets, label_smoothing=smoothing)
+    exact_grads = torch.autograd.grad(exact, (states, weight, bias))
+    loss = decoder_cross_entropy(*args, label_smoothing=smoothing, chunk=64, matmul_dtype=torch.bfloat16)
+    assert loss.dtype == torch.float32 and loss.item() != default.item()  # the products did run in bf16
+    torch.testing.assert_close(loss.double(), exact, rtol=1e-2, atol=0)
+    for got, want in zip(torch.autograd.grad(loss, (states, weight, bias)), exact_grads):
+        assert got.dtype == torch.float32
+        want = want.double()
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-2 * want.abs().max().item())
+        cosine = F.cosine_similarity(got.double().flatten(), want.flatten(), dim=0)
+        assert cosine > 0.999
+
+
 def test_query_table_groups_answers_per_query():
     triples = torch.tensor([[0, 0, 1], [0, 0, 2], [3, 0, 1], [0, 1, 2], [4, 1, 2], [0, 0, 4]])
     table = QueryTable.from_triples(triples)
@@ -167,7 +192,7 @@ def test_training_loss_is_the_decoded_cross_entropy(nations):
     torch.testing.assert_close(loss, F.cross_entropy(scores, nations.train[:5, 2], label_smoothing=0.1))
 
 
-@pytest.mark.parametrize("options", [{}, {"inverse_relations": True, "readout": "entity"}])
+@pytest.mark.parametrize("options", [{}, {"inverse_relations": True, "readout": "entity", "compact": True}])
 def test_save_load_bit_identical(nations, tmp_path, options):
     model = _tiny(nations, use_text=True, **options)
     model.save_pretrained(tmp_path)
@@ -203,8 +228,46 @@ def test_inverse_relations_and_readout_options(nations, tmp_path):
     assert (old.config.inverse_relations, old.config.readout) == (False, "mask")
 
 
+@pytest.mark.parametrize("readout", ["mask", "entity"])
+def test_compact_input_drops_cls_and_sep(nations, readout):
+    model = _tiny(nations, use_text=False, inverse_relations=True, readout=readout, compact=True)
+    b = model.builder
+    triple = nations.valid[:1]
+    h, r, t = triple[0].tolist()
+    tail = model.inputs(triple, "tail")
+    head = model.inputs(triple, "head")
+    assert tail["input_ids"][0].tolist() == [b.entity_id(h), b.relation_id(r), b.mask_id]
+    assert head["input_ids"][0].tolist() == [b.mask_id, b.relation_id(r, 0), b.entity_id(t)]
+    assert (tail["mask_positions"].item(), head["mask_positions"].item()) == ((0, 2) if readout == "entity" else (2, 0))
+    # with texts: the same parts as the paper's layout, less [CLS] and the [SEP]s
+    texts = _tiny(nations, use_text=True, readout=readout, compact=True, max_length=16)
+    paper = _tiny(nations, use_text=True, readout=readout, max_length=20)
+    for side in ("tail", "head"):
+        ids = texts.inputs(triple, side)
+        full = paper.inputs(triple, side)
+        special = {b.cls_id, b.sep_id, b.pad_id}
+        assert ids["input_ids"][0].tolist() == [i for i in full["input_ids"][0].tolist() if i not in special]
+        decoded = ids["input_ids"][0, ids["mask_positions"][0]]
+        assert decoded == full["input_ids"][0, full["mask_positions"][0]]
+        assert torch.isfinite(texts.score(triple, side)).all()
+
+
+def test_init_from_text_without_texts_in_the_input(nations):
+    """Entity tokens can start from their text's words while the input carries only the tokens."""
+    with_texts = MaskedEntityModel.for_graph(nations, "minilm", layers=1)
+    bare = MaskedEntityModel.for_graph(nations, "minilm", layers=1, use_text=False, init_from_text=True)
+    assert bare.builder.entity_tokens is None  # no texts in the input
+    assert torch.equal(bare.entity_embeddings.weight, with_texts.entity_embeddings.weight)
+    assert torch.equal(bare.relation_embeddings.weight, with_texts.relation_embeddings.weight)
+    default = MaskedEntityModel.for_graph(nations, "minilm", layers=1, use_text=False)
+    assert not torch.equal(default.entity_embeddings.weight, bare.entity_embeddings.weight)
+    with pytest.raises(ValueError, match="pretrained"):
+        MaskedEntityModel.for_graph(nations, "tiny", use_text=False, init_from_text=True)
+
+
 @pytest.mark.parametrize("encoder,options", [("tiny", {"use_text": False}),
                                              ("tiny", {"use_text": True, "readout": "entity", "layers": 1}),
+                                             ("tiny", {"use_text": False, "readout": "entity", "compact": True}),
                                              ("minilm", {"layers": 2, "inverse_relations": True})])
 def test_sparse_last_layer_gives_the_full_forward(nations, encoder, options):
     """Computing the last layer only at the decoded position changes neither states nor gradients."""
@@ -389,13 +452,14 @@ def test_cli_train_and_evaluate(trained_nations, capsys):
     assert code == 0 and bf16["precision"] == "bf16" and bf16["mrr"] == pytest.approx(payload["mrr"], abs=0.03)
 
 
-def test_cli_train_inverse_relations_entity_readout(nations, tmp_path, capsys):
+def test_cli_train_layout_and_speed_options(nations, tmp_path, capsys):
     code, out, _ = _run_cli(["train", "--dataset", "nations", "--encoder", "tiny", "--no-text", "--inverse-relations",
-                             "--readout", "entity", "--epochs", "12", "--batch-size", "64", "--patience", "0",
+                             "--readout", "entity", "--compact-input", "--sparse-last-layer", "--fused-loss",
+                             "--decoder-dtype", "bfloat16", "--epochs", "12", "--batch-size", "64", "--patience", "0",
                              "--out", str(tmp_path / "m"), "--json", "--no-progress"], capsys)
     assert code == 0 and json.loads(out)["best_valid_mrr"] > 0.5
     model = MaskedEntityModel.from_pretrained(tmp_path / "m")
-    assert (model.config.inverse_relations, model.config.readout) == (True, "entity")
+    assert (model.config.inverse_relations, model.config.readout, model.config.compact) == (True, "entity", True)
     with torch.inference_mode():
         metrics = evaluate_ranking(model.score, nations.test, nations.num_entities,
                                    filter_index=FilterIndex(nations.all_triples(), nations.num_entities)).to_dict()
@@ -422,6 +486,17 @@ def test_cli_bad_training_option_exit_2(tmp_path, capsys, option, value, needle)
     code, _, err = _run_cli(["train", "--dataset", "nations", "--encoder", "tiny", option, value,
                              "--out", str(tmp_path)], capsys)
     assert code == 2 and needle in err, err
+
+
+def test_train_config_rejects_an_unknown_decoder_dtype():
+    with pytest.raises(KGDataError, match="decoder-dtype: must be one of float32, bfloat16"):
+        TrainConfig(decoder_dtype="float16")
+
+
+def test_cli_init_from_text_needs_a_pretrained_encoder(tmp_path, capsys):
+    code, _, err = _run_cli(["train", "--dataset", "nations", "--encoder", "tiny", "--no-text", "--init-from-text",
+                             "--out", str(tmp_path)], capsys)
+    assert code == 2 and "needs a pretrained encoder" in err, err
 
 
 def test_cli_missing_data_dir_exit_2(tmp_path, capsys, monkeypatch):

@@ -5,3 +5,4 @@ that the command line starts fast.
 """
 
 ENCODER_CHOICES = ("minilm", "tiny")
+DECODER_DTYPES = ("float32", "bfloat16")  # of the training loss's decoder products

@@ -13,6 +13,9 @@ Options beyond the paper's layout:
 - ``readout="entity"``: the decoded position (``mask_positions``) is the known entity's token instead of
   ``[MASK]``. Its residual stream starts from the entity itself and its attention query depends on the
   entity from the first layer on; on UMLS this generalised markedly better (docs/BENCHMARKS.md).
+- ``compact``: no ``[CLS]`` / ``[SEP]``: ``[ENT_h] <head text> <relation words> [REL_r] [MASK]`` and
+  ``[MASK] <relation words> [REL_r] [ENT_t] <tail text>``. Without texts a query is 3 tokens instead of 7,
+  which more than halves the encoder's work per query.
 
 Texts are tokenised once; a query is assembled from cached id lists and truncated longest-first.
 """
@@ -66,6 +69,7 @@ class QueryBuilder:
         num_relations: int = 0,
         inverse_relations: bool = False,
         readout: str = "mask",
+        compact: bool = False,
     ) -> None:
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
@@ -80,7 +84,8 @@ class QueryBuilder:
         self.max_length = max_length
         self.entity_tokens = [list(t) for t in entity_tokens] if entity_tokens is not None else None
         self.relation_tokens = [list(t) for t in relation_tokens] if relation_tokens is not None else None
-        self._fixed = 7  # CLS, ENT, SEP, REL, SEP, MASK, SEP
+        self.compact = compact
+        self._fixed = 3 if compact else 7  # ENT, REL, MASK (+ CLS and three SEPs)
         if max_length < self._fixed:
             raise ValueError(f"max_length must be at least {self._fixed}, got {max_length}")
 
@@ -101,6 +106,12 @@ class QueryBuilder:
         rel_part = words[:n_words] + [self.relation_id(relation, side), self.sep_id]
         ent_part = [self.entity_id(entity)] + text[:n_text]
         entity_at = self.readout == "entity"
+        if self.compact:
+            if side == TAIL:
+                ids = ent_part + rel_part[:-1] + [self.mask_id]
+                return ids, 0 if entity_at else len(ids) - 1
+            ids = [self.mask_id] + rel_part[:-1] + ent_part
+            return ids, len(rel_part) if entity_at else 0
         if side == TAIL:
             ids = [self.cls_id] + ent_part + [self.sep_id] + rel_part + [self.mask_id, self.sep_id]
             return ids, 1 if entity_at else len(ids) - 2

@@ -142,10 +142,14 @@ class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
         label_smoothing: float = 0.1,
         warmup_steps: int = 0,
         fused_loss: bool = False,
+        decoder_dtype: str = "float32",
+        fused_optimizer: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.fused_loss = fused_loss
+        self.decoder_dtype = getattr(torch, decoder_dtype)
+        self.fused_optimizer = fused_optimizer
         self.lr, self.encoder_lr = lr, encoder_lr if encoder_lr is not None else lr
         self.weight_decay, self.label_smoothing, self.warmup_steps = weight_decay, label_smoothing, warmup_steps
         self.filter_index = FilterIndex(kg.all_triples(), kg.num_entities)
@@ -160,7 +164,8 @@ class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
             triples, sides, targets = both_sides(batch)
         states = self.model.mask_states(**self.model.inputs(triples, sides))
         # unfused by default: its rounding is what the edit-set builds were tuned on (KvsAll targets are always fused)
-        loss = self.model.decode_loss(states, targets, label_smoothing=self.label_smoothing, fused=self.fused_loss)
+        loss = self.model.decode_loss(states, targets, label_smoothing=self.label_smoothing, fused=self.fused_loss,
+                                      matmul_dtype=self.decoder_dtype)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=triples.shape[0])
         return loss
 
@@ -204,7 +209,9 @@ class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
         groups = [{"params": new_params, "lr": self.lr}]
         if encoder_params:
             groups.append({"params": encoder_params, "lr": self.encoder_lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        # fused: one pass over each tensor instead of ~10 (6x faster on 20M parameters on CPU), but its rounding
+        # differs from the default's in the last bit, so seeded runs change: opt-in
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay, fused=self.fused_optimizer or None)
         if not self.warmup_steps:
             return optimizer
         warmup = self.warmup_steps

@@ -49,6 +49,7 @@ class KGEConfig:
     # the defaults are the paper's layout, which models saved before these options used
     inverse_relations: bool = False
     readout: str = "mask"
+    compact: bool = False
 
     @property
     def num_relation_tokens(self) -> int:
@@ -115,6 +116,7 @@ class MaskedEntityModel(nn.Module):
             num_relations=config.num_relations,
             inverse_relations=config.inverse_relations,
             readout=config.readout,
+            compact=config.compact,
         )
 
     # ------------------------------------------------------------------------------ construction
@@ -131,10 +133,15 @@ class MaskedEntityModel(nn.Module):
         init_range: float | None = None,
         inverse_relations: bool = False,
         readout: str = "mask",
+        compact: bool = False,
+        init_from_text: bool | None = None,
     ) -> "MaskedEntityModel":
         """A fresh model for ``kg``'s vocabularies on top of the named encoder.
 
-        Encoder options: see ``load_encoder``; ``inverse_relations`` and ``readout``: see ``deltakg.kge.inputs``.
+        Encoder options: see ``load_encoder``; ``inverse_relations``, ``readout`` and ``compact``: see
+        ``deltakg.kge.inputs``.
+        ``init_from_text`` starts each entity/relation token at the mean of its text's word embeddings (default: with
+        texts and a pretrained encoder); it needs a pretrained encoder, and also works without texts in the input.
         """
         spec = load_encoder(encoder, layers=layers, max_length=max_length, dropout=dropout, init_range=init_range)
         tok = spec.tokenizer
@@ -148,6 +155,7 @@ class MaskedEntityModel(nn.Module):
             dataset=kg.name,
             inverse_relations=inverse_relations,
             readout=readout,
+            compact=compact,
             base_vocab_size=spec.model.get_input_embeddings().num_embeddings,
             encoder_config=spec.model.config.to_dict(),
             special_ids={
@@ -158,7 +166,12 @@ class MaskedEntityModel(nn.Module):
             },
         )
         model = cls(config, spec.model, tok, kg.entities, kg.relations, kg.entity_texts, kg.relation_texts)
-        if spec.pretrained and use_text:
+        if init_from_text is None:
+            init_from_text = use_text and spec.pretrained
+        if init_from_text:
+            if not spec.pretrained:
+                raise KGDataError(f"--init-from-text needs a pretrained encoder; {encoder!r} has no trained word "
+                                  "embeddings", field="init_from_text")
             model._init_from_text()
         return model
 
@@ -173,10 +186,14 @@ class MaskedEntityModel(nn.Module):
         # a pretrained encoder already knows the words: start each new token at the mean of its text's
         # word embeddings, which PT-KGE otherwise learns in its first stage
         words = self.encoder.get_input_embeddings().weight
-        relation_tokens = self.builder.relation_tokens
+        if self.config.use_text:
+            entity_tokens, relation_tokens = self.builder.entity_tokens, self.builder.relation_tokens
+        else:
+            entity_tokens = self._tokenize(self.entities, self.entity_texts)
+            relation_tokens = self._tokenize(self.relations, self.relation_texts)
         if self.config.inverse_relations:
             relation_tokens = relation_tokens * 2  # an inverse relation starts from its relation's words
-        for table, tokens in ((self.entity_embeddings, self.builder.entity_tokens),
+        for table, tokens in ((self.entity_embeddings, entity_tokens),
                               (self.relation_embeddings, relation_tokens)):
             for i, ids in enumerate(tokens):
                 if ids:
@@ -234,7 +251,7 @@ class MaskedEntityModel(nn.Module):
     def decode(self, states: torch.Tensor) -> torch.Tensor:
         """Scores over all entities from mask states, ``(b, num_entities)``, always in float32."""
         # under bf16 autocast the encoder runs in bf16, but scores of 10^4-10^5 entities in bf16 (8 bits of
-        # mantissa) tie far more often and would change ranks; the decoder is ~1% of the FLOPs
+        # mantissa) tie far more often and would change ranks
         with torch.autocast(states.device.type, enabled=False):
             return states.float() @ self.entity_embeddings.weight.float().t() + self.entity_bias.float()
 
@@ -245,16 +262,20 @@ class MaskedEntityModel(nn.Module):
         *,
         label_smoothing: float = 0.0,
         fused: bool = True,
+        matmul_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Mean cross-entropy of ``decode(states)`` against ``targets`` (see ``decoder_cross_entropy``).
 
         ``fused=False`` takes ``F.cross_entropy`` over the full score matrix (one target per query only).
+        ``matmul_dtype``: the dtype of the decoder's products; the loss itself is always float32.
         """
-        if not fused and isinstance(targets, torch.Tensor):
-            return F.cross_entropy(self.decode(states), targets.to(states.device), label_smoothing=label_smoothing)
         with torch.autocast(states.device.type, enabled=False):
-            return decoder_cross_entropy(states.float(), self.entity_embeddings.weight.float(),
-                                         self.entity_bias.float(), targets, label_smoothing=label_smoothing)
+            states, weight, bias = states.float(), self.entity_embeddings.weight.float(), self.entity_bias.float()
+            if not fused and isinstance(targets, torch.Tensor):
+                scores = (states.to(matmul_dtype) @ weight.to(matmul_dtype).t()).float() + bias
+                return F.cross_entropy(scores, targets.to(states.device), label_smoothing=label_smoothing)
+            return decoder_cross_entropy(states, weight, bias, targets, label_smoothing=label_smoothing,
+                                         matmul_dtype=matmul_dtype)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_positions: torch.Tensor

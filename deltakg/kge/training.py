@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import CSVLogger
 from kg_data import KnowledgeGraph
 from kg_data.errors import KGDataError
 
+from . import DECODER_DTYPES
 from .lightning import DescriptionPretrainingModule, LinkPredictionModule, TripleDataModule
 from .model import MaskedEntityModel
 
@@ -64,6 +65,9 @@ class TrainConfig:
     # the last layer only at the decoded position: the same function, 1.5x faster steps, but another dropout
     # stream, so seeded runs (and the CI edit-set builds' KGEditor-vs-FT margins) differ; opt-in like fused_loss
     sparse_last_layer: bool = False
+    # the training loss's decoder products (scores and their gradients); evaluation scores in float32 regardless
+    decoder_dtype: str = "float32"
+    fused_optimizer: bool = False  # AdamW(fused=True): 6x faster optimiser steps on CPU, other rounding
 
     def __post_init__(self) -> None:
         # torch checks only an optimiser's default rate, not its groups' (ours are groups): a negative --lr
@@ -77,6 +81,9 @@ class TrainConfig:
             raise KGDataError(f"must be in [0, 1), got {self.label_smoothing}", field="label-smoothing")
         if self.batch_size < 1:
             raise KGDataError(f"must be >= 1, got {self.batch_size}", field="batch-size")
+        if self.decoder_dtype not in DECODER_DTYPES:
+            raise KGDataError(f"must be one of {', '.join(DECODER_DTYPES)}, got {self.decoder_dtype!r}",
+                              field="decoder-dtype")
 
 
 @dataclass
@@ -153,6 +160,8 @@ def train_model(
     dropout: float | None = None,
     inverse_relations: bool = False,
     readout: str = "mask",
+    compact: bool = False,
+    init_from_text: bool | None = None,
     config: TrainConfig | None = None,
     callbacks: list[pl.Callback] | None = None,
 ) -> TrainResult:
@@ -165,7 +174,8 @@ def train_model(
     _quiet_lightning()
     pl.seed_everything(config.seed, workers=True, verbose=False)
     model = MaskedEntityModel.for_graph(kg, encoder, layers=layers, max_length=max_length, use_text=use_text,
-                                        dropout=dropout, inverse_relations=inverse_relations, readout=readout)
+                                        dropout=dropout, inverse_relations=inverse_relations, readout=readout,
+                                        compact=compact, init_from_text=init_from_text)
     if config.gradient_checkpointing:
         model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.sparse_last_layer = config.sparse_last_layer  # off again for the model we hand back
@@ -188,6 +198,8 @@ def train_model(
         label_smoothing=config.label_smoothing,
         warmup_steps=config.warmup_steps,
         fused_loss=config.fused_loss,
+        decoder_dtype=config.decoder_dtype,
+        fused_optimizer=config.fused_optimizer,
     )
     data = TripleDataModule(
         kg, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size, seed=config.seed,
