@@ -43,6 +43,13 @@ from deltakg.kge.inputs import READOUTS  # noqa: E402
 # --compare: the two forms timed, the first the candidate
 PAIRS = {"loss": ("fused", "unfused"), "last-layer": ("sparse", "full"), "decoder-dtype": ("bfloat16", "float32"),
          "optimizer": ("fused_adamw", "adamw")}
+# form: (sparse last layer, fused loss, decoder products' dtype, fused AdamW; None = --fused-optimizer)
+FORMS = {
+    "fused": (False, True, torch.float32, None), "unfused": (False, False, torch.float32, None),
+    "sparse": (True, True, torch.float32, None), "full": (False, True, torch.float32, None),
+    "bfloat16": (True, True, torch.bfloat16, None), "float32": (True, True, torch.float32, None),
+    "fused_adamw": (True, True, torch.float32, True), "adamw": (True, True, torch.float32, False),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,10 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = MaskedEntityModel.for_graph(kg, args.encoder, use_text=args.text, layers=args.layers,
                                         max_length=args.max_length, readout=args.readout, compact=args.compact,
                                         inverse_relations=args.inverse_relations).train()
-    optimizers = {
-        fused: LinkPredictionModule(model, kg, lr=1e-2, encoder_lr=1e-3, fused_optimizer=fused).configure_optimizers()
-        for fused in (False, True)
-    }
+    module = LinkPredictionModule(model, kg, lr=1e-2, encoder_lr=1e-3)
+    optimizers = {}
+    for fused in (False, True):  # each with its own state, over the same parameters
+        module.fused_optimizer = fused
+        optimizers[fused] = module.configure_optimizers()
     order = torch.randperm(kg.train.shape[0], generator=torch.Generator().manual_seed(args.seed))
 
     def batch(i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -81,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = PAIRS[args.compare]
 
     def forward_loss(form: str, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        model.sparse_last_layer = form not in ("full", "fused", "unfused")
+        model.sparse_last_layer, fused_loss, dtype, _ = FORMS[form]
         states = model.mask_states(**inputs)
-        return model.decode_loss(states, targets, label_smoothing=args.label_smoothing, fused=form != "unfused",
-                                 matmul_dtype=torch.bfloat16 if form == "bfloat16" else torch.float32)
+        return model.decode_loss(states, targets, label_smoothing=args.label_smoothing, fused=fused_loss,
+                                 matmul_dtype=dtype)
 
     def step(form: str, i: int) -> tuple[float, float, float, float]:
         inputs, targets = batch(i)
@@ -94,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.zero_grad()
         loss.backward()
         t2 = time.perf_counter()
-        optimizer = optimizers[form == "fused_adamw" or (args.fused_optimizer and form != "adamw")]
-        optimizer.step()
+        fused_adamw = FORMS[form][3]
+        optimizers[args.fused_optimizer if fused_adamw is None else fused_adamw].step()
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2, float(loss)
 

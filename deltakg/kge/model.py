@@ -252,8 +252,13 @@ class MaskedEntityModel(nn.Module):
         """Scores over all entities from mask states, ``(b, num_entities)``, always in float32."""
         # under bf16 autocast the encoder runs in bf16, but scores of 10^4-10^5 entities in bf16 (8 bits of
         # mantissa) tie far more often and would change ranks
+        return self._scores(states, torch.float32)
+
+    def _scores(self, states: torch.Tensor, matmul_dtype: torch.dtype) -> torch.Tensor:
+        # float32 scores whose product runs in matmul_dtype (float32 for ranking; bf16 only inside a training loss)
         with torch.autocast(states.device.type, enabled=False):
-            return states.float() @ self.entity_embeddings.weight.float().t() + self.entity_bias.float()
+            weight = self.entity_embeddings.weight.float().to(matmul_dtype)
+            return (states.float().to(matmul_dtype) @ weight.t()).float() + self.entity_bias.float()
 
     def decode_loss(
         self,
@@ -269,12 +274,12 @@ class MaskedEntityModel(nn.Module):
         ``fused=False`` takes ``F.cross_entropy`` over the full score matrix (one target per query only).
         ``matmul_dtype``: the dtype of the decoder's products; the loss itself is always float32.
         """
+        if not fused and isinstance(targets, torch.Tensor):
+            return F.cross_entropy(self._scores(states, matmul_dtype), targets.to(states.device),
+                                   label_smoothing=label_smoothing)
         with torch.autocast(states.device.type, enabled=False):
-            states, weight, bias = states.float(), self.entity_embeddings.weight.float(), self.entity_bias.float()
-            if not fused and isinstance(targets, torch.Tensor):
-                scores = (states.to(matmul_dtype) @ weight.to(matmul_dtype).t()).float() + bias
-                return F.cross_entropy(scores, targets.to(states.device), label_smoothing=label_smoothing)
-            return decoder_cross_entropy(states, weight, bias, targets, label_smoothing=label_smoothing,
+            return decoder_cross_entropy(states.float(), self.entity_embeddings.weight.float(),
+                                         self.entity_bias.float(), targets, label_smoothing=label_smoothing,
                                          matmul_dtype=matmul_dtype)
 
     def forward(
