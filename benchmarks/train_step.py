@@ -64,7 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compact", action="store_true", help="queries without [CLS]/[SEP]")
     p.add_argument("--inverse-relations", action="store_true")
     p.add_argument("--fused-optimizer", action="store_true", help="AdamW(fused=True) for both forms")
+    p.add_argument("--bf16-autocast", action="store_true",
+                   help="forward under torch.autocast(bfloat16), as Lightning's precision='bf16-mixed' runs it")
+    p.add_argument("--bound-memory", action="store_true",
+                   help="bound_allocator_caching() first, as train_model does by default (TrainConfig.bound_memory)")
     args = p.parse_args(argv)
+    if args.bound_memory:
+        from deltakg.kge.training import bound_allocator_caching
+        bound_allocator_caching()
     kg = load_or_skip("train_step", args)
     if kg is None:
         return 0
@@ -90,9 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def forward_loss(form: str, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         model.sparse_last_layer, fused_loss, dtype, _ = FORMS[form]
-        states = model.mask_states(**inputs)
-        return model.decode_loss(states, targets, label_smoothing=args.label_smoothing, fused=fused_loss,
-                                 matmul_dtype=dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16_autocast):
+            states = model.mask_states(**inputs)
+            return model.decode_loss(states, targets, label_smoothing=args.label_smoothing, fused=fused_loss,
+                                     matmul_dtype=dtype)
 
     def step(form: str, i: int) -> tuple[float, float, float, float]:
         inputs, targets = batch(i)

@@ -115,7 +115,7 @@ _TRAIN_OPTIONS = {
     "pretrain_epochs": "pretrain_epochs", "seed": "seed", "accelerator": "accelerator", "devices": "devices",
     "strategy": "strategy", "num_nodes": "num_nodes", "precision": "precision",
     "gradient_checkpointing": "gradient_checkpointing", "sparse_last_layer": "sparse_last_layer",
-    "decoder_dtype": "decoder_dtype", "fused_optimizer": "fused_optimizer",
+    "decoder_dtype": "decoder_dtype", "fused_optimizer": "fused_optimizer", "bound_memory": "bound_memory",
 }
 
 
@@ -380,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compute the last layer only at the decoded position (same function, ~1.5x faster steps)")
     train.add_argument("--fused-optimizer", action="store_true",
                        help="AdamW's fused kernel: one pass per tensor, ~6x faster optimiser steps on CPU")
+    train.add_argument("--bound-memory", action=argparse.BooleanOptionalAction, default=True,
+                       help="return large freed blocks to the OS so peak RSS follows the live tensors (default on); "
+                            "--no-bound-memory keeps glibc's caching: no page faults on each new tensor, up to "
+                            "1.4x faster steps with many entities, at a higher RSS")
     train.add_argument("--decoder-dtype", choices=DECODER_DTYPES, default="float32",
                        help="dtype of the training loss's decoder products (bfloat16: ~3x faster on CPUs with AMX; "
                             "evaluation always scores in float32)")

@@ -456,8 +456,10 @@ def test_cli_train_layout_and_speed_options(nations, tmp_path, capsys):
     code, out, _ = _run_cli(["train", "--dataset", "nations", "--encoder", "tiny", "--no-text", "--inverse-relations",
                              "--readout", "entity", "--compact-input", "--sparse-last-layer", "--fused-loss",
                              "--decoder-dtype", "bfloat16", "--epochs", "12", "--batch-size", "64", "--patience", "0",
-                             "--out", str(tmp_path / "m"), "--json", "--no-progress"], capsys)
+                             "--no-bound-memory", "--out", str(tmp_path / "m"), "--json", "--no-progress"], capsys)
     assert code == 0 and json.loads(out)["best_valid_mrr"] > 0.5
+    saved = json.loads((tmp_path / "m" / "train_metrics.json").read_text())["config"]
+    assert (saved["bound_memory"], saved["sparse_last_layer"], saved["decoder_dtype"]) == (False, True, "bfloat16")
     model = MaskedEntityModel.from_pretrained(tmp_path / "m")
     assert (model.config.inverse_relations, model.config.readout, model.config.compact) == (True, "entity", True)
     with torch.inference_mode():
