@@ -61,7 +61,8 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     # bound_allocator_caching(): RSS follows the live tensors (FB15k-237's 4 GiB goal); off, no page faults on
-    # each new large tensor: 1.4x faster WN18RR text steps
+    # each new large tensor: 1.4x faster WN18RR text steps. False cannot undo an earlier call in the same process
+    # (glibc has no way back to its dynamic threshold), so a process that mixes both runs bounded.
     bound_memory: bool = True
     gradient_checkpointing: bool = False
     # the last layer only at the decoded position: the same function, 1.5x faster steps, but another dropout
