@@ -7,7 +7,7 @@ bounded instead of watched:
 2. ``worst_case``: the same training step (the LightningModule's loss, its AdamW) in a child process, fed the
    first epoch's ``--worst-steps`` **widest** batches, widest first (padded width decides every activation's
    size; batch size is fixed). Training bounds allocator caching (glibc serves large blocks with
-   mmap, see ``deltakg.kge.training.bound_allocator_caching``), so resident memory follows the live tensors:
+   mmap, see ``deltakg.kge.allocator.bound_allocator_caching``), so resident memory follows the live tensors:
    the peak over the widest batches bounds the epoch's, and a flat RSS over the later steps shows no growth.
 
 Peak RSS is read from the kernel for each child. The same run measures PyKEEN's RotatE epoch as a peer.
@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from kg_data import load_dataset
 from deltakg.kge.lightning import EpochShuffleSampler, LinkPredictionModule
 from deltakg.kge.model import MaskedEntityModel
-from deltakg.kge.training import bound_allocator_caching
+from deltakg.kge.allocator import bound_allocator_caching
 data_dir, encoder, batch_size, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 checkpointing = sys.argv[5] == "1"
 bound_allocator_caching()
@@ -118,7 +118,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, "-m", "deltakg", "train", "--dataset", "fb15k237", "--data-dir", args.data_dir,
                    "--encoder", args.encoder, "--epochs", "1", "--max-steps", str(steps), "--batch-size",
-                   str(args.batch_size), "--no-progress", "--no-resume", "--out", out]
+                   str(args.batch_size), "--no-progress", "--overwrite", "--out", out]
             cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
             rss, seconds, code = _peak_rss_of(cmd, env)
         if code:

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="bound_allocator_caching() first, as train_model does by default (TrainConfig.bound_memory)")
     args = p.parse_args(argv)
     if args.bound_memory:
-        from deltakg.kge.training import bound_allocator_caching
+        from deltakg.kge.allocator import bound_allocator_caching
         bound_allocator_caching()
     kg = load_or_skip("train_step", args)
     if kg is None:

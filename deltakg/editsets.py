@@ -53,7 +53,6 @@ read back (as is an imported folder of the original's jsonl files) with :meth:`k
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -65,6 +64,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from deltakg.serialization import write_json
 from kg_data import EditCase, EditSet, KGDataError, KnowledgeGraph, StableFact, Triple, write_triples
 from kg_data.edits import Side
 
@@ -484,6 +484,11 @@ def build_editset(
     use_text: bool = True,
     layers: int | None = None,
     max_length: int = 64,
+    dropout: float | None = None,
+    inverse_relations: bool = False,
+    readout: str = "mask",
+    compact: bool = False,
+    init_from_text: bool | None = None,
     size: int = 500,
     candidates: int | float | None = None,
     oversample: float | None = None,
@@ -501,6 +506,7 @@ def build_editset(
     ``size``: edit cases wanted (all splits together). ``candidates``: how many training triples to corrupt
     / hold out, a count or a fraction of ``train`` (default ``ceil(oversample * size)``; ``oversample``
     defaults to 3 for EDIT and 1.5 for ADD). ``holdout``: ``"triples"`` or ``"entities"`` (ADD only).
+    ``dropout`` … ``init_from_text``: the base model's layout, as in :func:`~deltakg.kge.training.train_model`.
     ``max_answers``: EDIT only, see :func:`corrupt_triples`. ``stable_size``: stable facts wanted (all when
     fewer qualify). ``split``: train/dev/test fractions of the edit cases. ``train_config``: a
     :class:`~deltakg.kge.training.TrainConfig` (default: its defaults with ``seed=seed``, no early stopping,
@@ -558,7 +564,8 @@ def build_editset(
 
     # 2. the base model
     result = train_model(base_kg, out_dir / "model", encoder=encoder, layers=layers, max_length=max_length,
-                         use_text=use_text, config=config)
+                         use_text=use_text, dropout=dropout, inverse_relations=inverse_relations, readout=readout,
+                         compact=compact, init_from_text=init_from_text, config=config)
     trained = time.perf_counter()
     model = MaskedEntityModel.from_pretrained(out_dir / "model")  # exactly what the files hold
 
@@ -626,6 +633,11 @@ def build_editset(
             "use_text": use_text,
             "layers": layers,
             "max_length": max_length,
+            "dropout": dropout,
+            "inverse_relations": inverse_relations,
+            "readout": readout,
+            "compact": compact,
+            "init_from_text": init_from_text,
             "train_config": asdict(config),
         },
         "counts": counts,
@@ -645,7 +657,7 @@ def build_editset(
             ("corrupted" if kind == "edit" else "heldout"): "corrupted.tsv" if kind == "edit" else "heldout.tsv",
         },
     }
-    (out_dir / "editset.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out_dir / "editset.json", info)
     seconds = {
         "prepare": round(prepared - started, 3),
         "train": round(trained - prepared, 3),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from .errors import KGDataError
+from .files import write_bytes_atomic
 from .formats import _read_text, _split_lines
 from .triple import Triple
 
@@ -215,7 +216,7 @@ def read_stable_facts(path: str | os.PathLike) -> list[StableFact]:
 
 def _write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    Path(path).write_bytes(text.encode("utf-8"))
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_edit_cases(path: str | os.PathLike, cases: Iterable[EditCase]) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .errors import KGDataError
+from .files import write_bytes_atomic
 from .triple import Triple
 
 __all__ = [
@@ -173,7 +174,7 @@ def _write_lines(path: PathLike, lines: list[str], newline: str) -> None:
     if text.startswith("\ufeff"):
         # the readers strip a leading UTF-8 byte-order mark, so such a file would not read back the same
         raise KGDataError("starts with U+FEFF, a byte-order mark that readers strip; cannot be written", path=path, line=1)
-    Path(path).write_bytes(text.encode("utf-8"))
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_triples(path: PathLike, triples: Iterable[Sequence[str]], *, newline: str = "\n") -> None:

@@ -75,3 +75,31 @@ def fb15k237_kg(fb15k237_dir: Path):
     from kg_data import load_dataset
 
     return load_dataset("fb15k237", fb15k237_dir.parent)
+
+
+# ------------------------------------------------------------------------------------------ shared models
+@pytest.fixture(scope="session")
+def nations_base(tmp_path_factory):
+    """A small trained Nations model (tiny encoder, no texts), its edit cases (wrong tail at rank 1) and stable
+    facts; built once per test session and shared: (model folder, kg, cases, stable). Do not modify its files."""
+    import torch
+
+    from deltakg.kge.model import MaskedEntityModel
+    from deltakg.kge.training import TrainConfig, train_model
+    from kg_data import EditCase, StableFact, load_dataset
+
+    kg = load_dataset("nations")
+    out = tmp_path_factory.mktemp("nations-base")
+    train_model(kg, out, encoder="tiny", use_text=False,
+                config=TrainConfig(epochs=4, batch_size=64, progress=False, patience=None, seed=1))
+    model = MaskedEntityModel.from_pretrained(out)
+    cases, stable = [], []
+    with torch.no_grad():
+        top = model.score(kg.train, "tail").argmax(dim=1)
+    for i, triple in enumerate(kg.triples("train")):
+        if top[i] != kg.train[i, 2]:
+            cases.append(EditCase(triple, "tail", wrong=kg.entities.label(int(top[i]))))
+        else:
+            stable.append(StableFact(triple, "tail"))
+    assert len(cases) >= 40 and len(stable) >= 40
+    return out, kg, cases, stable

@@ -224,13 +224,20 @@ def test_help(capsys, argv, needle):
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["data"], ["data", "stats"], ["data", "check"], ["data", "check", "x", "--kind", "nope"]]
+    "argv", [["data"], ["data", "stats"], ["data", "check"], ["data", "check", "x", "--kind", "nope"]]
 )
 def test_usage_errors_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_no_arguments_prints_the_command_list(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("data", "train", "evaluate", "editset", "train-editor", "edit"):
+        assert f"    {command}" in out
 
 
 # ------------------------------------------------------------------------------------------ benchmark script

@@ -21,23 +21,9 @@ from kg_data import EditCase, EditSet, KGDataError, StableFact, Triple, load_dat
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A small trained Nations model, its edit cases (wrong tail at rank 1) and stable facts."""
-    kg = load_dataset("nations")
-    out = tmp_path_factory.mktemp("base")
-    train_model(kg, out, encoder="tiny", use_text=False,
-                config=TrainConfig(epochs=4, batch_size=64, progress=False, patience=None, seed=1))
-    model = MaskedEntityModel.from_pretrained(out)
-    cases, stable = [], []
-    with torch.no_grad():
-        top = model.score(kg.train, "tail").argmax(dim=1)
-    for i, triple in enumerate(kg.triples("train")):
-        if top[i] != kg.train[i, 2]:
-            cases.append(EditCase(triple, "tail", wrong=kg.entities.label(int(top[i]))))
-        else:
-            stable.append(StableFact(triple, "tail"))
-    assert len(cases) >= 40 and len(stable) >= 40
-    return out, kg, cases, stable
+def base(nations_base):
+    """The session's small trained Nations model, its edit cases and stable facts (tests/conftest.py)."""
+    return nations_base
 
 
 def _state(model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -383,7 +384,8 @@ def test_resume_matches_uninterrupted_run(nations, tmp_path, train_type):
     train_model(nations, straight, encoder="tiny", use_text=False, config=_config(epochs=3, train_type=train_type))
     resumed = tmp_path / "resumed"
     train_model(nations, resumed, encoder="tiny", use_text=False, config=_config(epochs=2, train_type=train_type))
-    train_model(nations, resumed, encoder="tiny", use_text=False, config=_config(epochs=3, train_type=train_type))
+    train_model(nations, resumed, encoder="tiny", use_text=False,
+                config=_config(epochs=3, train_type=train_type, resume=True))
     a, b = _epoch_losses(straight), _epoch_losses(resumed)
     assert set(a) == {0, 1, 2} and 2 in b
     assert b[2] == pytest.approx(a[2], rel=1e-6, abs=1e-7)
@@ -423,7 +425,7 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(nations, tmp_path):
     assert last.is_file()
     step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert step >= 30
-    result = train_model(nations, out, encoder="tiny", use_text=False, config=_config(epochs=5))
+    result = train_model(nations, out, encoder="tiny", use_text=False, config=_config(epochs=5, resume=True))
     assert result.metrics["global_step"] == 5 * 25  # 1592 triples / 64 = 25 steps per epoch
 
 
@@ -478,16 +480,32 @@ def test_cli_unknown_encoder_exit_2(tmp_path, capsys):
     assert code == 2 and "minilm" in err and "tiny" in err
 
 
-@pytest.mark.parametrize("option,value,needle", [("--lr", "-1", "lr: must be > 0"),
-                                                  ("--encoder-lr", "0", "encoder-lr: must be > 0"),
-                                                  ("--weight-decay", "-0.1", "weight-decay: must be >= 0"),
-                                                  ("--label-smoothing", "1", "label-smoothing: must be in [0, 1)"),
-                                                  ("--batch-size", "0", "batch-size: must be >= 1")])
+@pytest.mark.parametrize("option,value,needle", [("--lr", "-1", "--lr: expected a number > 0"),
+                                                  ("--encoder-lr", "0", "--encoder-lr: expected a number > 0"),
+                                                  ("--weight-decay", "-0.1", "--weight-decay: expected a number >= 0"),
+                                                  ("--label-smoothing", "1", "expected a number in [0, 1)"),
+                                                  ("--batch-size", "0", "--batch-size: expected an integer > 0"),
+                                                  ("--epochs", "-1", "--epochs: expected an integer > 0"),
+                                                  ("--max-time", "nan", "--max-time: expected a number > 0"),
+                                                  ("--patience", "-2", "--patience: expected an integer >= 0"),
+                                                  ("--dropout", "1.5", "--dropout: expected a number in [0, 1)")])
 def test_cli_bad_training_option_exit_2(tmp_path, capsys, option, value, needle):
-    # group learning rates are not checked by torch: a negative one used to train by gradient ascent
-    code, _, err = _run_cli(["train", "--dataset", "nations", "--encoder", "tiny", option, value,
-                             "--out", str(tmp_path)], capsys)
-    assert code == 2 and needle in err, err
+    # refused at parse time; group learning rates are not checked by torch: a negative one would train by ascent
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--dataset", "nations", "--encoder", "tiny", option, value, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and needle in err, err
+
+
+@pytest.mark.parametrize("field,value,needle", [("lr", -1.0, "lr: must be > 0"),
+                                                 ("encoder_lr", 0.0, "encoder-lr: must be > 0"),
+                                                 ("weight_decay", -0.1, "weight-decay: must be >= 0"),
+                                                 ("label_smoothing", 1.0, "label-smoothing: must be in [0, 1)"),
+                                                 ("batch_size", 0, "batch-size: must be >= 1"),
+                                                 ("epochs", -1, "epochs: must be >= 1")])
+def test_train_config_validates_values(field, value, needle):
+    with pytest.raises(KGDataError, match=re.escape(needle)):
+        TrainConfig(**{field: value})
 
 
 def test_train_config_rejects_an_unknown_decoder_dtype():

@@ -35,6 +35,33 @@ class Editor(ABC):
     """Base class of edit methods; subclasses register a ``name`` and implement :meth:`edit`."""
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for listings (``deltakg edit --help``)
+    trainable: ClassVar[bool] = False  # learns from an edit set's train cases (``deltakg train-editor``)
+    # constructor keyword -> command-line option dest, for the options ``deltakg edit`` offers this method
+    cli_options: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def from_options(cls, editor_dir: str | None = None, **options: Any) -> "Editor":
+        """An editor from command-line options, or loaded from ``editor_dir`` for a trained one."""
+        if cls.trainable:
+            if editor_dir is None:
+                raise EditError(f"method {cls.name!r} needs a trained editor: pass its folder (deltakg edit --editor "
+                                f"DIR; train one with deltakg train-editor --method {cls.name})", field="editor")
+            return cls.from_pretrained(editor_dir)
+        if editor_dir is not None:
+            raise EditError(f"method {cls.name!r} has no trained state to load; drop --editor", field="editor")
+        return cls(**options)
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "Editor":
+        """Load a trained editor (methods with state override this)."""
+        raise EditError(f"method {cls.name!r} has no saved state", field="editor")
+
+    @classmethod
+    def train_pretrained(cls, model: nn.Module, cases: Sequence[EditCase], stable: Sequence[StableFact], out: str,
+                         *, dev_cases: Sequence[EditCase] | None = None, **options: Any) -> dict[str, Any]:
+        """Train an editor on edit cases and save it to ``out``; returns its training metrics (trainable methods)."""
+        raise EditError(f"method {cls.name!r} needs no training", field="method")
 
     def prepare(self, target: KGETarget) -> None:
         """One-time set-up on a model before editing (e.g. adding slots); default: nothing."""

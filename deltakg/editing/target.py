@@ -7,15 +7,17 @@ model family that provides the same few calls.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch.nn import functional as F
 
 from deltakg.kge.inputs import HEAD, TAIL
-from deltakg.kge.model import MaskedEntityModel
 from kg_data.edits import EditCase, StableFact
 from kg_data.errors import KGDataError
+
+if TYPE_CHECKING:  # the model module pulls in transformers; the editor registry must load without it
+    from deltakg.kge.model import MaskedEntityModel
 
 __all__ = ["EncodedFacts", "KGETarget"]
 
@@ -50,7 +52,7 @@ class EncodedFacts:
 class KGETarget:
     """What editors need from a :class:`MaskedEntityModel`."""
 
-    def __init__(self, model: MaskedEntityModel) -> None:
+    def __init__(self, model: "MaskedEntityModel") -> None:
         self.model = model
 
     # -------------------------------------------------------------------------------- encoding

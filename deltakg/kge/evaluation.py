@@ -31,6 +31,7 @@ __all__ = [
     "compute_ranks",
     "evaluate_ranking",
     "evaluate_scores",
+    "evaluate_model",
     "batch_size_for_budget",
 ]
 
@@ -578,3 +579,40 @@ def evaluate_scores(
         memory_budget=memory_budget,
         progress=progress,
     )
+
+
+def evaluate_model(
+    model,
+    kg,
+    split: str = "test",
+    *,
+    filtered: bool = True,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> dict:
+    """Link-prediction metrics of a :class:`~deltakg.kge.model.MaskedEntityModel` on one split of ``kg``.
+
+    Filtered by every split's true triples (PyKEEN's default), realistic ranks, both sides; ``precision="bf16"``
+    runs the encoder under bfloat16 autocast (scores stay float32). Returns the metrics dict plus ``dataset``,
+    ``split``, ``filtered``, ``rank``, ``precision``, ``queries`` and ``seconds``.
+    """
+    import time
+
+    from kg_data.errors import KGDataError
+
+    if precision not in ("fp32", "bf16"):
+        raise KGDataError(f"must be fp32 or bf16, got {precision!r}", field="precision")
+    if split not in kg.splits:
+        raise KGDataError(f"dataset {kg.name!r} has no split {split!r} (has {', '.join(kg.splits)})", field="split")
+    model.check_vocabulary(kg)
+    filter_index = FilterIndex(kg.all_triples(), kg.num_entities) if filtered else None
+    started = time.perf_counter()
+    autocast = torch.autocast(model.entity_bias.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
+        result = evaluate_ranking(model.score, kg.splits[split], kg.num_entities, filter_index=filter_index,
+                                  batch_size=batch_size, progress=progress)
+    payload = result.to_dict()
+    payload.update(dataset=kg.name, split=split, filtered=filtered, rank="realistic", precision=precision,
+                   queries=int(result.all_ranks().numel()), seconds=time.perf_counter() - started)
+    return payload

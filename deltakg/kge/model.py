@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
 from kg_data import KnowledgeGraph, Vocabulary
 from kg_data.errors import KGDataError
 from kg_data.formats import read_json_object, read_text_map, write_text_map
+
+from deltakg.serialization import load_state_into, load_tensors, save_tensors, write_json
 
 from .encoders import encoder_from_config, load_encoder
 from .inputs import QueryBuilder, side_code
@@ -324,9 +325,10 @@ class MaskedEntityModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         config = asdict(self.config)
         config["model_type"] = MODEL_TYPE
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        # weights first, config last: a save killed in between leaves the old config, whose model the new
+        # weights (same shapes in a training run) still load into
+        save_tensors(self.state_dict(), directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        write_json(directory / CONFIG_NAME, config)
         self.tokenizer.save_pretrained(str(directory / "tokenizer"))
         self.entities.save(directory / "entities.txt")
         self.relations.save(directory / "relations.txt")
@@ -345,18 +347,38 @@ class MaskedEntityModel(nn.Module):
         raw = read_json_object(config_path, written_by="save_pretrained / deltakg train")
         if raw.pop("model_type", None) != MODEL_TYPE:
             raise KGDataError(f"not a deltakg KGE model (model_type must be {MODEL_TYPE!r})", path=config_path)
-        config = KGEConfig(**raw)
+        try:
+            config = KGEConfig(**raw)
+        except TypeError as err:
+            raise KGDataError(f"not a config of this deltakg version: {err}", path=config_path) from None
         optional = {n: directory / n for n in ("entity2text.txt", "relation2text.txt")}
-        model = cls(
-            config,
-            encoder_from_config(config.encoder_config),
-            AutoTokenizer.from_pretrained(str(directory / "tokenizer")),
-            Vocabulary.load(directory / "entities.txt", kind="entity"),
-            Vocabulary.load(directory / "relations.txt", kind="relation"),
-            read_text_map(optional["entity2text.txt"], kind="entity") if optional["entity2text.txt"].exists() else None,
-            read_text_map(optional["relation2text.txt"], kind="relation") if optional["relation2text.txt"].exists() else None,
-        )
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=map_location))
+        entities = Vocabulary.load(directory / "entities.txt", kind="entity")
+        relations = Vocabulary.load(directory / "relations.txt", kind="relation")
+        entity_texts = read_text_map(optional["entity2text.txt"], kind="entity") \
+            if optional["entity2text.txt"].exists() else None
+        relation_texts = read_text_map(optional["relation2text.txt"], kind="relation") \
+            if optional["relation2text.txt"].exists() else None
+        for vocab, count, name in ((entities, config.num_entities, "entities.txt"),
+                                   (relations, config.num_relations, "relations.txt")):
+            if len(vocab) != count:
+                raise KGDataError(f"holds {len(vocab)} labels but config.json says {count}: files of two models?",
+                                  path=directory / name)
+        tokenizer_dir = directory / "tokenizer"
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        except Exception as err:  # transformers raises many types for a damaged folder; all mean the same here
+            raise KGDataError(f"not a readable tokenizer folder: {str(err).splitlines()[0][:200]}",
+                              path=tokenizer_dir) from None
+        try:
+            model = cls(config, encoder_from_config(config.encoder_config), tokenizer, entities, relations,
+                        entity_texts, relation_texts)
+        except (TypeError, ValueError, KeyError, RuntimeError) as err:
+            if isinstance(err, KGDataError):
+                raise
+            raise KGDataError(f"the config does not describe a buildable model: {str(err).splitlines()[0][:200]}",
+                              path=config_path) from None
+        weights = directory / WEIGHTS_NAME
+        load_state_into(model, load_tensors(weights, written_by="deltakg train", device=map_location), weights)
         return model.eval()
 
     def check_vocabulary(self, kg: KnowledgeGraph) -> None:

@@ -3,12 +3,13 @@
 Output folder layout (``out``): the model (``config.json``, ``model.safetensors``, ``tokenizer/``,
 vocabularies) at the top so ``MaskedEntityModel.from_pretrained(out)`` loads it, ``checkpoints/``
 (best by valid MRR and ``last.ckpt``, also written on SIGINT/SIGTERM), ``logs/`` (CSV) and ``metrics.json``.
-Running the same command again resumes from ``checkpoints/last.ckpt``.
+A folder that already holds files is refused unless the run says what to do with it: ``resume`` continues
+from ``checkpoints/last.ckpt`` (refused when the folder's run used other data or model options) and
+``overwrite`` removes what an earlier run wrote (only those files) and starts afresh.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,13 +24,16 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from pytorch_lightning.loggers import CSVLogger
 
 from kg_data import KnowledgeGraph
+from deltakg.serialization import load_checkpoint, write_json
 from kg_data.errors import KGDataError
+from kg_data.formats import read_json_object
 
 from . import DECODER_DTYPES
+from .allocator import bound_allocator_caching
 from .lightning import DescriptionPretrainingModule, LinkPredictionModule, TripleDataModule
 from .model import MaskedEntityModel
 
-__all__ = ["TrainConfig", "TrainResult", "train_model", "bound_allocator_caching"]
+__all__ = ["TrainConfig", "TrainResult", "train_model"]
 
 
 @dataclass
@@ -58,7 +62,8 @@ class TrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "32-true"
-    resume: bool = True
+    resume: bool = False  # continue from OUT/checkpoints/last.ckpt of a run with the same data and options
+    overwrite: bool = False  # remove an earlier run's files from OUT and start afresh
     progress: bool = True
     # bound_allocator_caching(): RSS follows the live tensors (FB15k-237's 4 GiB goal); off, no page faults on
     # each new large tensor: 1.4x faster WN18RR text steps. False cannot undo an earlier call in the same process
@@ -82,8 +87,19 @@ class TrainConfig:
             raise KGDataError(f"must be >= 0, got {self.weight_decay}", field="weight-decay")
         if not 0 <= self.label_smoothing < 1:
             raise KGDataError(f"must be in [0, 1), got {self.label_smoothing}", field="label-smoothing")
-        if self.batch_size < 1:
-            raise KGDataError(f"must be >= 1, got {self.batch_size}", field="batch-size")
+        for name, value in (("batch-size", self.batch_size), ("epochs", self.epochs), ("num-nodes", self.num_nodes),
+                            ("eval-batch-size", self.eval_batch_size), ("val-every", self.val_every)):
+            if not value >= 1:
+                raise KGDataError(f"must be >= 1, got {value}", field=name)
+        for name, value in (("max-time", self.max_time_minutes), ("val-subset", self.val_subset)):
+            if value is not None and not value > 0:
+                raise KGDataError(f"must be > 0, got {value}", field=name)
+        if self.patience is not None and self.patience < 0:
+            raise KGDataError(f"must be >= 0, got {self.patience}", field="patience")
+        if self.pretrain_epochs < 0 or self.warmup_steps < 0:
+            raise KGDataError("must be >= 0", field="pretrain-epochs" if self.pretrain_epochs < 0 else "warmup-steps")
+        if self.resume and self.overwrite:
+            raise KGDataError("resume and overwrite exclude each other: continue the run, or start afresh", field="out")
         if self.decoder_dtype not in DECODER_DTYPES:
             raise KGDataError(f"must be one of {', '.join(DECODER_DTYPES)}, got {self.decoder_dtype!r}",
                               field="decoder-dtype")
@@ -121,29 +137,66 @@ def _trainer(config: TrainConfig, out: Path, callbacks: list, *, max_epochs: int
     )
 
 
-def bound_allocator_caching(threshold: int = 1 << 20) -> bool:
-    """Make glibc serve blocks >= ``threshold`` bytes with mmap and return them on free (Linux; else no-op).
+# what train_model writes into OUT: ``overwrite`` removes these and nothing else
+TRAIN_OUTPUTS = ("config.json", "model.safetensors", "tokenizer", "entities.txt", "relations.txt", "entity2text.txt",
+                 "relation2text.txt", "checkpoints", "logs", "logs_pretrain", "train_metrics.json", "run.json")
+RUN_NAME = "run.json"  # the data and model options of the run in OUT, checked before a resume
 
-    glibc raises its mmap threshold each time a large block is freed, after which batches of varying
-    query length are carved from the heap and the freed pieces stay resident: peak RSS then creeps up over
-    an epoch. A fixed threshold keeps RSS at the live peak of the largest batch, at the cost of page faults
-    on each new large tensor: a few percent of a FB15k-237 step, but a WN18RR step with texts (many 12 MB
-    activations, a 63 MB entity-table gradient) took 757 ms against 531 ms without it
-    (``benchmarks/train_step.py --bound-memory``). The setting is process-wide and stays. Returns whether it
-    took effect.
-    """
-    import ctypes
-    import ctypes.util
-    import platform
 
-    if platform.system() != "Linux":
+def _prepare_out(out: Path, config: TrainConfig, run: dict[str, Any]) -> bool:
+    """Apply the folder policy; returns whether to resume from ``checkpoints/last.ckpt``."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise KGDataError("exists and is not a folder", path=out, field="out")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not present:
+        if config.resume:
+            raise KGDataError("is empty or absent: nothing to resume (drop --resume to start a run)", path=out,
+                              field="out")
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_trim_threshold, threshold))
-    except (OSError, AttributeError):
+    if config.overwrite:
+        for name in TRAIN_OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
         return False
+    if not config.resume:
+        shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+        raise KGDataError(f"is not empty ({shown}); pass --overwrite to start afresh or --resume to continue its "
+                          f"training (Python: TrainConfig(overwrite=True) / resume=True)", path=out, field="out")
+    last = out / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise KGDataError("has no checkpoints/last.ckpt to resume from: not a deltakg train folder, or its run "
+                          "saved no checkpoint; use --overwrite to start afresh", path=out, field="out")
+    run_path = out / RUN_NAME
+    if run_path.is_file():
+        saved = read_json_object(run_path, written_by="deltakg train")
+        for key, value in run.items():
+            if saved.get(key) != value:
+                raise KGDataError(f"the run in this folder used {key}={saved.get(key)!r}, this one {key}={value!r}: "
+                                  f"resume with the same data and model options, or use --overwrite", path=run_path)
+    return True
+
+
+def _launched_worker() -> bool:
+    # Lightning's launcher (and torchrun, SLURM) set these for every process but the first
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _check_resumable(module: pl.LightningModule, last: Path) -> None:
+    # a folder of another dataset or model fails here with one message instead of a size-mismatch traceback
+    state = load_checkpoint(last)["state_dict"]
+    own = module.state_dict()
+    for name, tensor in own.items():
+        theirs = state.get(name)
+        if theirs is None or tuple(theirs.shape) != tuple(tensor.shape):
+            found = "missing" if theirs is None else f"shape {tuple(theirs.shape)}"
+            raise KGDataError(f"checkpoint does not fit this run's model ({name}: {found}, expected "
+                              f"{tuple(tensor.shape)}): another dataset or model options? use --overwrite",
+                              path=last)
 
 
 def _quiet_lightning() -> None:
@@ -174,7 +227,16 @@ def train_model(
     """Train on ``kg``'s train split with early stopping on valid MRR; save the best model to ``out``."""
     config = config or TrainConfig()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = {"dataset": kg.name, "entities": kg.num_entities, "relations": kg.num_relations, "encoder": encoder,
+           "layers": layers, "max_length": max_length, "use_text": use_text, "inverse_relations": inverse_relations,
+           "readout": readout, "compact": compact, "train_type": config.train_type}
+    if _launched_worker():
+        # a DDP process that Lightning started: the first process applied the folder policy already
+        resume = config.resume
+    else:
+        resume = _prepare_out(out, config, run)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / RUN_NAME, run)
     if config.bound_memory:
         bound_allocator_caching()
     _quiet_lightning()
@@ -191,7 +253,7 @@ def train_model(
     ckpt_dir = out / "checkpoints"
     started = time.perf_counter()
 
-    if config.pretrain_epochs and not (ckpt_dir / "last.ckpt").exists():
+    if config.pretrain_epochs and not resume:
         stage = DescriptionPretrainingModule(model, lr=lr, batch_size=config.batch_size, seed=config.seed)
         _trainer(config, out, [], max_epochs=config.pretrain_epochs, logger=CSVLogger(str(out), name="logs_pretrain")).fit(stage)
 
@@ -227,12 +289,13 @@ def train_model(
                                        check_on_train_epoch_end=False, strict=False))
     trainer = _trainer(config, out, callbacks, max_epochs=config.epochs, logger=CSVLogger(str(out), name="logs"))
     resume_from = ckpt_dir / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if config.resume and resume_from.exists() else None)
+    if resume:
+        _check_resumable(module, resume_from)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume else None)
 
     best = checkpoint.best_model_path
     if best and Path(best).exists():
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        module.load_state_dict(load_checkpoint(best)["state_dict"])
     metrics: dict[str, Any] = {
         "epochs_run": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -242,10 +305,11 @@ def train_model(
         "config": asdict(config),
         "encoder": encoder,
         "parameters": model.num_parameters(),
+        "resumed": resume,
     }
     model.eval()
     model.sparse_last_layer = False
     if trainer.is_global_zero:
         model.save_pretrained(out)
-        (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        write_json(out / "train_metrics.json", metrics)
     return TrainResult(model=model, out=out, metrics=metrics, is_global_zero=trainer.is_global_zero)

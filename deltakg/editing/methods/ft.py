@@ -20,6 +20,8 @@ class FineTune(Editor):
     """
 
     name = "ft"
+    summary = "fine-tuning: Adam steps on the edit batch's cross-entropy (all parameters by default)"
+    cli_options = {"steps": "ft_steps", "lr": "ft_lr"}
 
     def __init__(self, steps: int = 10, lr: float = 1e-3, params: Sequence[str] | None = None,
                  stop_when_done: bool = True) -> None:

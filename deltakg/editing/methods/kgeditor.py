@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.func import functional_call
 
+from deltakg.serialization import load_state_into, load_tensors, save_tensors, write_json
 from kg_data.errors import KGDataError
 from kg_data.formats import read_json_object
 
@@ -88,12 +88,26 @@ class KGEditor(Editor):
     """Hypernetwork-generated updates of side-FFN slot weights."""
 
     name = "kgeditor"
+    summary = "KGEditor (deltaKG): a trained hypernetwork writes whitened, calibrated updates of added FFN slots"
+    trainable = True
+
+    @classmethod
+    def train_pretrained(cls, model, cases, stable, out, *, dev_cases=None, max_time_minutes: float | None = None,
+                         progress: bool = True, **options: Any) -> dict[str, Any]:
+        """Train the hypernetwork (``options``: KGEditorConfig overrides, ``None`` keeps the dataset default)."""
+        from .kgeditor_training import train_kgeditor
+
+        config = KGEditorConfig.for_dataset(model.config.dataset, **options)
+        _, metrics = train_kgeditor(model, cases, stable, out, config=config, dev_cases=dev_cases,
+                                    max_time_minutes=max_time_minutes, progress=progress)
+        return metrics
 
     def __init__(self, config: KGEditorConfig | None = None, *, state: dict[str, torch.Tensor] | None = None,
                  slot_init: dict[str, torch.Tensor] | None = None) -> None:
         self.config = config or KGEditorConfig()
         self.hypernet: KEHypernetwork | None = None
         self._state, self._slot_init = state, slot_init
+        self._state_path = "the hypernetwork state"  # named in a mismatch error; the file when loaded from one
         self.slot_names: list[str] = []
         # per ``up`` weight: the slot keys' second moment plus the ridge, and its inverse (see :meth:`fit_keys`)
         self.key_moment: dict[str, torch.Tensor] = {}
@@ -131,7 +145,7 @@ class KGEditor(Editor):
         # a trainable copy of the word table is KE's choice; frozen it costs far less per step on a CPU
         self.hypernet.encoder.embedding.weight.requires_grad_(self.config.train_condition_embedding)
         if self._state is not None:
-            self.hypernet.load_state_dict(self._state)
+            load_state_into(self.hypernet, self._state, self._state_path)
         self.hypernet.eval()
         if self.config.whiten and not self.key_moment:
             self.fit_keys(target)
@@ -426,12 +440,11 @@ class KGEditor(Editor):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"method": self.name, "config": asdict(self.config), "slots": self.slot_names}
-        (directory / "kgeditor.json").write_text(json.dumps(meta, indent=2) + "\n")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.hypernet.state_dict().items()},
-                  str(directory / "hypernetwork.safetensors"))
-        save_file({k: v.cpu().contiguous() for k, v in self._slot_init.items()}, str(directory / "slots.safetensors"))
+        save_tensors(self.hypernet.state_dict(), directory / "hypernetwork.safetensors")
+        save_tensors(self._slot_init, directory / "slots.safetensors")
         if self.key_moment:
-            save_file({k: v.cpu().contiguous() for k, v in self.key_moment.items()}, str(directory / "keys.safetensors"))
+            save_tensors(self.key_moment, directory / "keys.safetensors")
+        write_json(directory / "kgeditor.json", meta)  # last: a folder without it is not an editor yet
         return directory
 
     @classmethod
@@ -442,10 +455,16 @@ class KGEditor(Editor):
         meta = read_json_object(meta_path, written_by="deltakg train-editor")
         if meta.get("method") != cls.name:
             raise KGDataError(f"an editor of method {meta.get('method')!r}, expected {cls.name!r}", path=meta_path)
-        editor = cls(KGEditorConfig(**meta["config"]), state=load_file(str(directory / "hypernetwork.safetensors")),
-                     slot_init=load_file(str(directory / "slots.safetensors")))
+        try:
+            config = KGEditorConfig(**meta["config"])
+        except (TypeError, KeyError) as err:
+            raise KGDataError(f"not a kgeditor config of this deltakg version: {err}", path=meta_path) from None
+        written_by = "deltakg train-editor"
+        editor = cls(config, state=load_tensors(directory / "hypernetwork.safetensors", written_by=written_by),
+                     slot_init=load_tensors(directory / "slots.safetensors", written_by=written_by))
+        editor._state_path = str(directory / "hypernetwork.safetensors")
         if (directory / "keys.safetensors").is_file():
-            editor.key_moment = load_file(str(directory / "keys.safetensors"))
+            editor.key_moment = load_tensors(directory / "keys.safetensors", written_by=written_by)
             editor.key_inverse = _inverses(editor.key_moment)
         return editor
 
