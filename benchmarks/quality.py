@@ -174,7 +174,7 @@ def _lightning_curve(out: Path, steps_per_epoch: int) -> list[list[float]]:
 
 
 def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str) -> dict[str, Any]:
-    from deltakg.kge.evaluation import FilterIndex, evaluate_ranking
+    from deltakg.kge.evaluation import evaluate_model
     from deltakg.kge.training import TrainConfig, train_model
 
     config = TrainConfig(
@@ -212,17 +212,14 @@ def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str) 
                              compact=cfg["compact"], init_from_text=cfg["init_from_text"], config=config)
     train_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     model = result.model.eval()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        test = evaluate_ranking(model.score, kg.test, kg.num_entities,
-                                filter_index=FilterIndex(kg.all_triples(), kg.num_entities), batch_size=256)
-    eval_s = time.perf_counter() - t0
+    test = evaluate_model(model, kg, "test", batch_size=256)  # the library's evaluation, as `deltakg evaluate`
+    eval_s = test["seconds"]
     steps_per_epoch = math.ceil(kg.train.shape[0] / cfg["batch_size"])
     m = result.metrics
     curve = _lightning_curve(Path(out), steps_per_epoch)
     shutil.rmtree(out, ignore_errors=True)
     return {
-        **_run_summary(test.to_dict(), m["global_step"], steps_per_epoch, train_s, cpu_s, eval_s),
+        **_run_summary(test, m["global_step"], steps_per_epoch, train_s, cpu_s, eval_s),
         "best_valid_mrr": None if m["best_valid_mrr"] is None else round(m["best_valid_mrr"], 5),
         "validations": len(curve),
         "valid_curve": curve,

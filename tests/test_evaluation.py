@@ -31,7 +31,7 @@ from deltakg.kge.evaluation import (  # noqa: E402
     evaluate_scores,
 )
 
-pykeen_evaluation = pytest.importorskip("pykeen.evaluation")
+# PyKEEN is a dependency: a broken install must fail these tests, not skip them
 from pykeen.evaluation import RankBasedEvaluator  # noqa: E402
 from pykeen.evaluation.ranks import Ranks  # noqa: E402
 from pykeen.models.mocks import FixedModel  # noqa: E402
@@ -173,11 +173,14 @@ def test_kg_has_multi_answer_queries_and_ties(kg, tables):
 def test_filtered_matches_pykeen(kg, tables, dense_min_answers):
     evaluator, result = _pykeen_filtered(kg["train"], kg["valid"], kg["test"], _score_fn(*tables))
     index = FilterIndex(kg["all"], NUM_ENTITIES, NUM_RELATIONS, dense_min_answers=dense_min_answers)
-    if dense_min_answers == 4:
-        assert 0 < index._head.dense_masks.shape[0] < index._head.keys.numel()
     ours = evaluate_ranking(_score_fn(*tables), kg["test"], NUM_ENTITIES, filter_index=index, batch_size=16)
     assert ours.filtered
     _assert_matches_pykeen(ours, evaluator, result)
+
+
+def test_dense_min_answers_4_mixes_both_filter_paths(kg):
+    index = FilterIndex(kg["all"], NUM_ENTITIES, NUM_RELATIONS, dense_min_answers=4)
+    assert 0 < index._head.dense_masks.shape[0] < index._head.keys.numel()
 
 
 def test_comparison_fallback_matches_pykeen(kg, tables, monkeypatch):

@@ -106,6 +106,18 @@ def test_scores_shape_and_both_sides(nations):
             assert torch.isfinite(scores).all()
 
 
+def test_chunked_score_equals_one_forward_pass(nations):
+    # score() encodes length-sorted chunks padded to their own longest query; the scores must not change
+    model = _tiny(nations, use_text=True)
+    lengths = model.inputs(nations.test, "tail")["attention_mask"].sum(dim=1)
+    assert lengths.unique().numel() > 1  # texts of several lengths, so chunks are padded differently
+    with torch.no_grad():
+        for side in ("head", "tail"):
+            whole = model(**model.inputs(nations.test, side))
+            for chunk in (16, 50):
+                torch.testing.assert_close(model.score(nations.test, side, chunk=chunk), whole, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("smoothing,chunk", [(0.0, 7), (0.1, 7), (0.1, 4096), (0.3, 40)])
 def test_decoder_cross_entropy_equals_unfused(smoothing, chunk):
     gen = torch.Generator().manual_seed(0)
@@ -391,8 +403,11 @@ def test_resume_matches_uninterrupted_run(nations, tmp_path, train_type):
     assert b[2] == pytest.approx(a[2], rel=1e-6, abs=1e-7)
     m1 = MaskedEntityModel.from_pretrained(straight)
     m2 = MaskedEntityModel.from_pretrained(resumed)
-    with torch.no_grad():
-        assert torch.allclose(m1.score(nations.test, "tail"), m2.score(nations.test, "tail"), atol=1e-5)
+    # the checkpoint carries the RNG states and the epoch order depends only on (seed, epoch): on one CPU the
+    # resumed run computes the very same weights, bit for bit
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert s1.keys() == s2.keys()
+    assert [k for k in s1 if not torch.equal(s1[k], s2[k])] == []
 
 
 def test_gradient_checkpointing_trains_the_same_model(nations, tmp_path):

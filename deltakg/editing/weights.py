@@ -30,9 +30,8 @@ class WeightSnapshot:
             if unknown:
                 raise KeyError(f"no parameter or buffer named {unknown[0]!r} in {type(module).__name__}")
             chosen = {n: tensors[n] for n in names}
+        # structural changes (added modules) are undone by the editor that made them, not by the snapshot
         self._saved = {name: t.detach().clone() for name, t in chosen.items()}
-        # structural changes (added modules) are undone by the editor that made them; we record the names
-        self._names = set(tensors)
 
     @property
     def names(self) -> list[str]:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from deltakg.kge.lightning import EpochShuffleSampler, IndexDataset, _RngStateMixin
 from deltakg.kge.model import MaskedEntityModel
+from deltakg.serialization import load_checkpoint
 
 from ..editor import apply_edit
 from ..target import EncodedFacts, KGETarget
@@ -183,12 +184,13 @@ def train_kgeditor(
         max_time={"minutes": max_time_minutes} if max_time_minutes else None,
         callbacks=callbacks, logger=CSVLogger(str(out), name="logs"), enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10, default_root_dir=str(out),
+        limit_val_batches=1.0 if dev_facts is not None else 0,  # no dev cases: no validation loop at all
     )
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(module, ckpt_path=str(last) if last.exists() else None)
     best = checkpoint.best_model_path
     if best and Path(best).exists():
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        module.load_state_dict(load_checkpoint(best)["state_dict"])
     editor.hypernet.eval()
     for param in model.parameters():
         param.requires_grad_(True)
