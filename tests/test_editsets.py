@@ -253,16 +253,28 @@ def test_cli_build_repeats_the_api_build_exactly(a_build, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dataset", "umls", "--kind", "fix"], "--kind: unknown edit-set kind 'fix'"),
     (["--dataset", "nope", "--kind", "edit"], "unknown dataset 'nope'"),
     (["--dataset", "wn18rr", "--data-dir", "/nonexistent/kg", "--kind", "edit"], "no WN18RR dataset"),
-    (["--dataset", "umls", "--kind", "add", "--holdout", "relations"], "unknown hold-out mode"),
     (["--dataset", "umls", "--kind", "add", "--split", "0.6,0.2"], "split fractions"),
 ])
 def test_cli_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
     assert main(["editset", "build", "--out", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "umls", "--kind", "fix"], "argument --kind: invalid choice: 'fix'"),
+    (["--dataset", "umls", "--kind", "add", "--holdout", "relations"], "argument --holdout: invalid choice: 'relations'"),
+])
+def test_cli_choice_errors_are_refused_at_parse_time(argv, message, tmp_path, capsys):
+    # choices are checked by argparse before anything is loaded: usage, then one error line naming the option
+    with pytest.raises(SystemExit) as info:
+        main(["editset", "build", "--out", str(tmp_path / "x"), *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: deltakg editset build") and message in err[-1]
     assert not (tmp_path / "x").exists()
 
 
