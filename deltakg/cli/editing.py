@@ -13,7 +13,7 @@ from ._common import (CommandError, add_command, add_json_arg, add_progress_arg,
 def _methods() -> dict:
     from deltakg.editing import EDITORS
 
-    return EDITORS
+    return {name: cls for name, cls in EDITORS.items() if "kge" in cls.families}
 
 
 def _listing(methods: dict) -> str:

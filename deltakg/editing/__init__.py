@@ -1,6 +1,6 @@
 """Editing trained KG embeddings: the model-agnostic core (API, metrics, rollback) and the methods."""
 
-from . import methods  # noqa: F401  (registers the editors)
+from . import locate, methods  # noqa: F401  (register the editors)
 from .editor import EDITORS, EditError, EditHandle, EditReport, Editor, apply_edit, get_editor, run_edits
 from .metrics import edit_metrics
 from .target import EncodedFacts, KGETarget

@@ -21,7 +21,7 @@ from kg_data.errors import KGDataError
 
 from .metrics import edit_metrics
 from .target import EncodedFacts, KGETarget
-from .weights import WeightSnapshot, restore_on_error
+from .weights import Restorable, WeightSnapshot, restoring
 
 __all__ = ["Editor", "EDITORS", "register_editor", "get_editor", "EditHandle", "apply_edit", "run_edits",
            "EditReport", "EditError"]
@@ -39,6 +39,8 @@ class Editor(ABC):
     trainable: ClassVar[bool] = False  # learns from an edit set's train cases (``deltakg train-editor``)
     # constructor keyword -> command-line option dest, for the options ``deltakg edit`` offers this method
     cli_options: ClassVar[dict[str, str]] = {}
+    # the model families it edits: "kge" (deltakg edit) and/or "causal_lm" (deltakg llm-edit)
+    families: ClassVar[tuple[str, ...]] = ("kge",)
 
     @classmethod
     def from_options(cls, editor_dir: str | None = None, **options: Any) -> "Editor":
@@ -74,6 +76,10 @@ class Editor(ABC):
     def edit(self, target: KGETarget, cases: EncodedFacts) -> None:
         """Change the model in place so that it predicts the cases' targets."""
 
+    def snapshot(self, target: KGETarget) -> Restorable:
+        """The state :meth:`edit` may change, saved now (default: the :meth:`touched` weights)."""
+        return WeightSnapshot(target.model, self.touched(target))
+
     def parameter_counts(self, target: KGETarget) -> dict[str, int]:
         """Parameters the method changes or adds (reported as ``params``)."""
         named = dict(target.model.named_parameters())
@@ -102,7 +108,7 @@ def get_editor(name: str, **kwargs: Any) -> Editor:
 class EditHandle:
     """Rolls one applied edit back, restoring the touched weights bit-exactly."""
 
-    snapshot: WeightSnapshot
+    snapshot: Restorable
     seconds: float
     rolled_back: bool = False
 
@@ -132,7 +138,7 @@ def apply_edit(editor: Editor, target: KGETarget, cases: EncodedFacts, *, check:
     """Apply one batch of edits in place; the handle rolls it back. A failed edit changes nothing."""
     if check:
         _check_cases(target, cases, require_wrong_prediction=True)
-    with restore_on_error(target.model, editor.touched(target)) as snapshot:
+    with restoring(editor.snapshot(target)) as snapshot:
         start = time.perf_counter()
         editor.edit(target, cases)
         seconds = time.perf_counter() - start

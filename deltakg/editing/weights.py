@@ -7,12 +7,21 @@ snapshot was taken.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol, TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["WeightSnapshot", "apply_delta", "restore_on_error", "state_equal"]
+__all__ = ["WeightSnapshot", "Restorable", "apply_delta", "restore_on_error", "restoring", "state_equal"]
+
+
+class Restorable(Protocol):
+    """Edit state saved now that ``restore()`` puts back bit-exactly (weights, or e.g. a GRACE codebook)."""
+
+    names: list[str]  # the model tensors it covers (checked finite after an edit)
+
+    def restore(self) -> None:
+        """Put the saved state back."""
 
 
 class WeightSnapshot:
@@ -63,15 +72,24 @@ def apply_delta(param: torch.Tensor, delta: torch.Tensor, *, name: str = "parame
     param.add_(delta.to(dtype=param.dtype, device=param.device))
 
 
+_R = TypeVar("_R", bound=Restorable)
+
+
 @contextmanager
-def restore_on_error(module: nn.Module, names: Iterable[str] | None = None) -> Iterator[WeightSnapshot]:
-    """Snapshot, run the block, and put the weights back if it raises (a failed edit changes nothing)."""
-    snapshot = WeightSnapshot(module, names)
+def restoring(snapshot: _R) -> Iterator[_R]:
+    """Run the block and restore ``snapshot`` if it raises (a failed edit changes nothing)."""
     try:
         yield snapshot
     except BaseException:
         snapshot.restore()
         raise
+
+
+@contextmanager
+def restore_on_error(module: nn.Module, names: Iterable[str] | None = None) -> Iterator[WeightSnapshot]:
+    """Snapshot, run the block, and put the weights back if it raises (a failed edit changes nothing)."""
+    with restoring(WeightSnapshot(module, names)) as snapshot:
+        yield snapshot
 
 
 def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
