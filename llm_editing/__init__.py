@@ -45,6 +45,7 @@ from .requests import (
     requests_from_triples,
     save_requests_jsonl,
 )
+from .stories import load_stories, load_stories_model, load_stories_tokenizer
 from .toy import ToyConfig, ToyModel, load_toy_model, save_toy_model, train_toy_model
 
 __all__ = [
@@ -55,5 +56,6 @@ __all__ = [
     "token_accuracy",
     "EditRequest", "RelationTemplate", "TemplateRegistry", "load_requests", "load_requests_jsonl",
     "request_from_dict", "requests_from_triples", "save_requests_jsonl",
+    "load_stories", "load_stories_model", "load_stories_tokenizer",
     "ToyConfig", "ToyModel", "load_toy_model", "save_toy_model", "train_toy_model",
 ]
