@@ -70,7 +70,7 @@ class FTL(LocateEditor):
         try:
             for _ in range(config.steps):
                 loss = adapter.target_nll(probe, adapter.forward(probe.inputs)).mean()
-                if float(loss) < config.stop_loss:
+                if float(loss.detach()) < config.stop_loss:
                     break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

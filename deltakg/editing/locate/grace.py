@@ -217,7 +217,7 @@ class GRACE(LocateEditor):
             for _ in range(config.steps):
                 book.values = torch.cat([others[:index], value[None], others[index + 1:]])
                 loss = adapter.target_nll(probe, adapter.forward(probe.inputs)).mean()
-                if float(loss) < config.stop_nll:
+                if float(loss.detach()) < config.stop_nll:
                     break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -143,7 +143,7 @@ def optimise_values(adapter: LocateAdapter, requests: Any, layer: int, config: V
                     log_probs = adapter.essence_log_probs(essence, adapter.forward(essence.inputs))
                 kl = F.kl_div(log_probs, reference, log_target=True, reduction="none").sum(dim=1)
                 loss = loss + config.kl_weight * _scatter_mean(kl, essence.owners, count).sum()
-            if float(nll.max()) < config.stop_nll:
+            if float(nll.detach().max()) < config.stop_nll:
                 break
             loss = loss + config.weight_decay * (delta.norm(dim=1) / v0_norm ** 2).sum()
             optimizer.zero_grad(set_to_none=True)
