@@ -69,6 +69,16 @@ class Datastore:
         return (f"Datastore(n={len(self)}, dim={self.dim}, n_classes={self.n_classes}, metric={self.metric!r}, "
                 f"backend={self.backend!r}, index={self.index.kind!r})")
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a faiss index cannot be pickled (copy.deepcopy, joblib): drop the backend, rebuilt at the next search
+        state = dict(self.__dict__)
+        state["_search"], state["_built"] = None, False
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._search = BACKENDS[self.backend](self.metric, self.index)
+
     # ------------------------------------------------------------------------------------------ content
     def add(self, keys: Any, labels: Any) -> torch.Tensor:
         """Append keys (n, d) with labels (n,); returns their stable ids (n,)."""
