@@ -214,3 +214,20 @@ def test_cosine_refuses_a_zero_vector():
     store = Datastore(3, 2, metric="cosine")
     with pytest.raises(KGDataError, match="keys: a zero vector"):
         store.add(torch.zeros(1, 3), [0])
+
+
+def test_benchmark_smoke():
+    """The speed benchmark runs at tiny sizes and reports every side, with recall of the approximate index."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "knn_datastore.py"
+    result = subprocess.run([sys.executable, str(script), "--keys", "2000", "--queries", "100", "--dim", "32",
+                             "--repeats", "1", "--threads", "1", "--nlist", "16", "--nprobe", "16"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout.splitlines()[-1])
+    assert payload["benchmark"] == "knn_datastore" and payload["matmul_gflops"] > 0
+    assert payload["faiss_flat"]["recall_at_k"] == 1.0 and payload["faiss_ivf"]["recall_at_k"] == 1.0
+    assert all(payload[side]["speedup"] > 0 for side in ("torch_exact", "faiss_flat", "faiss_ivf"))
