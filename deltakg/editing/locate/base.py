@@ -28,7 +28,7 @@ def resolve_config(config: Any, defaults: Mapping[str, Mapping[str, Any]], model
 class LocateEditor(Editor):
     """An editor whose math runs on a :class:`LocateAdapter`; ``config`` fields left None take model-type defaults."""
 
-    families: ClassVar[tuple[str, ...]] = ("causal_lm",)
+    families: ClassVar[tuple[str, ...]] = ("causal_lm", "kge")
     needs_stats: ClassVar[bool] = False  # whitens with key statistics (computed in prepare)
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
@@ -36,7 +36,7 @@ class LocateEditor(Editor):
         self.config = config
         self.corpus = corpus
         self._stats: dict[tuple[str, int], torch.Tensor] = {}
-        self._fingerprint: str | None = None
+        self._fingerprints: dict[int, str] = {}  # id(model) -> fingerprint of that model before its first edit
 
     def adapter(self, target: Any) -> LocateAdapter:
         """The target as a locate adapter."""
@@ -59,9 +59,9 @@ class LocateEditor(Editor):
     def prepare(self, target: Any) -> None:
         """Statistics of the unedited model (sequential edits keep using them); a no-op when done already."""
         adapter = self.adapter(target)
-        if not self.needs_stats or self._fingerprint is not None:
+        if not self.needs_stats or id(adapter.model) in self._fingerprints:
             return
-        self._fingerprint = model_fingerprint(adapter.model)
+        self._fingerprints[id(adapter.model)] = model_fingerprint(adapter.model)
         for layer in self.layers(adapter):
             self.covariance(adapter, layer)
 
@@ -75,12 +75,13 @@ class LocateEditor(Editor):
         corpus = self.corpus if self.corpus is not None else getattr(adapter, "corpus", None)
         if not corpus:
             raise ValueError(f"{self.name} needs a statistics corpus: pass corpus=... to the editor or the adapter")
-        if self._fingerprint is None:
+        if id(adapter.model) not in self._fingerprints:
             self.prepare(adapter)
-        key = (self._fingerprint, layer)
+        fingerprint = self._fingerprints[id(adapter.model)]
+        key = (fingerprint, layer)
         if key not in self._stats:
             stats = second_moment(adapter, layer, corpus, max_keys=config.stats_keys, cache_dir=config.stats_dir,
-                                  fingerprint=self._fingerprint, progress=config.progress)
+                                  fingerprint=fingerprint, progress=config.progress)
             mom2 = stats.mom2
             eye = torch.eye(mom2.shape[0], dtype=mom2.dtype)
             self._stats[key] = mom2 + config.ridge * mom2.diagonal().mean() * eye
