@@ -2,7 +2,8 @@
 
 At import time (before any test module imports PyKEEN or Hugging Face libraries) the environment is made
 offline and hermetic: ``HF_HUB_OFFLINE=1`` and ``PYSTOW_HOME`` (where PyKEEN would download or cache data)
-pointing at a temporary folder of this test session, removed when the session ends.
+pointing at a temporary folder of this test session, removed when the session ends. ``auto`` precision is
+pinned to fp32 (``DELTAKG_PRECISION``) and its probe cache (``DELTAKG_CACHE``) lives in a temporary folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 _PYSTOW_HOME = tempfile.mkdtemp(prefix="deltakg-tests-pystow-")
 os.environ["PYSTOW_HOME"] = _PYSTOW_HOME
 atexit.register(shutil.rmtree, _PYSTOW_HOME, ignore_errors=True)
+# ``auto`` precision would pick bf16 on some CPUs and fp32 on others: seeded results must not depend on the machine
+os.environ["DELTAKG_PRECISION"] = "fp32"
+_CACHE_DIR = tempfile.mkdtemp(prefix="deltakg-tests-cache-")
+os.environ["DELTAKG_CACHE"] = _CACHE_DIR
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "kg"

@@ -324,3 +324,6 @@ def test_quality_benchmark_smoke(tmp_path):
         assert 0 < metrics["mrr"] <= 1 and metrics["hits@1"] <= metrics["hits@10"], name
     ours = payload["results"]["ours"]["config"]
     assert (ours["readout"], ours["inverse_relations"], ours["layers"]) == ("entity", True, 1)
+    # auto precision (pinned to fp32 by the test environment) is reported, and so is the chip it ran on
+    assert payload["results"]["ours"]["precision_choice"]["precision"]["chosen"] == "32-true"
+    assert payload["cpu"]["model"] and isinstance(payload["cpu"]["flags"], list)

@@ -51,6 +51,24 @@ def _quiet_third_party() -> None:
         warnings.filterwarnings("ignore", category=category)
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (a redirected or captured stream too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_own_progress_notes() -> None:
+    # deltakg's own info lines (e.g. what ``auto`` precision chose) go to stderr, keeping stdout for --json
+    logger = logging.getLogger("deltakg")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("deltakg: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from kg_data.errors import KGDataError
 
@@ -72,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.verbose:
         _quiet_third_party()
+    _show_own_progress_notes()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -176,8 +176,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, patience:
     group.add_argument("--seed", type=int, default=0, help="seed of training (and of every random choice)")
     group.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto")
     group.add_argument("--devices", default=1, type=devices, help="devices per node (an integer or 'auto')")
-    group.add_argument("--precision", default="32-true",
-                       help="Lightning precision, e.g. bf16-mixed (faster on CPUs with AMX, slower on most others)")
+    group.add_argument("--precision", default="auto",
+                       help="Lightning precision, e.g. 32-true or bf16-mixed; auto: bf16-mixed where a one-time probe "
+                            "of this model's products on this device finds bf16 faster (CPUs with AMX, recent "
+                            "GPUs), else 32-true; the choice is printed and saved in train_metrics.json")
     if not advanced:
         return
     group.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: no limit)")
@@ -195,9 +197,9 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, patience:
                        help="return large freed blocks to the OS so peak RSS follows the live tensors "
                             "(default: on); --no-bound-memory keeps glibc's caching: no page faults on each new "
                             "tensor, up to 1.4x faster steps with many entities, at a higher RSS")
-    group.add_argument("--decoder-dtype", choices=DECODER_DTYPES, default="float32",
-                       help="dtype of the training loss's decoder products (bfloat16: ~3x faster on CPUs with AMX; "
-                            "evaluation always scores in float32)")
+    group.add_argument("--decoder-dtype", choices=(*DECODER_DTYPES, "auto"), default="auto",
+                       help="dtype of the training loss's decoder products (bfloat16: ~3x faster on CPUs with AMX, "
+                            "slower without); auto: probed like --precision; evaluation scores in float32")
     group.add_argument("--val-subset", type=positive_int, default=None,
                        help="validate on a fixed random subset of this many triples (default: all)")
     group.add_argument("--pretrain-epochs", type=non_negative_int, default=0,

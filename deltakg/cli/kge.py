@@ -33,8 +33,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--raw", action="store_true", help="raw ranks (no filtering of other true answers)")
     evaluate.add_argument("--batch-size", type=positive_int, default=None,
                           help="queries per batch (default: by memory)")
-    evaluate.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                          help="bf16: encoder in bfloat16 autocast, scores in float32")
+    evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                          help="bf16: encoder in bfloat16 autocast, scores in float32; auto: bf16 where a one-time "
+                               "probe on this device finds it faster, else fp32 (the choice is printed)")
     add_progress_arg(evaluate)
     add_json_arg(evaluate)
     evaluate.set_defaults(func=_evaluate)
@@ -58,7 +59,8 @@ def _train(args: argparse.Namespace) -> int:
     if result.is_global_zero:
         payload = {k: v for k, v in result.metrics.items() if k != "config"}
         payload.update(out=str(result.out), dataset=kg.name)
-        emit(args, payload, f"model saved to {result.out} (best valid MRR {payload['best_valid_mrr']})")
+        chosen = "".join(f"; {name} auto -> {c['chosen']}" for name, c in payload["precision_choice"].items())
+        emit(args, payload, f"model saved to {result.out} (best valid MRR {payload['best_valid_mrr']}{chosen})")
     return 0
 
 
@@ -73,7 +75,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     payload = evaluate_model(model, kg, args.split, filtered=not args.raw, batch_size=args.batch_size,
                              precision=args.precision, progress=not args.no_progress)
     rows = [("both", payload)] + [(side, payload[side]) for side in ("head", "tail") if side in payload]
-    text = [f"{kg.name} {args.split} ({'raw' if args.raw else 'filtered'}, realistic ranks)"]
+    text = [f"{kg.name} {args.split} ({'raw' if args.raw else 'filtered'}, realistic ranks, {payload['precision']})"]
+    if "precision_choice" in payload:
+        text.append(f"  precision: auto -> {payload['precision']} ({payload['precision_choice']['reason']})")
     text += [
         f"  {name:<5} MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  H@1 {m['hits@1']:.4f}  H@3 {m['hits@3']:.4f}  "
         f"H@10 {m['hits@10']:.4f}"
