@@ -9,7 +9,8 @@ import torch
 
 from deltakg.cli import main
 from deltakg.kge import precision
-from deltakg.kge.precision import BF16_MARGIN, cached_probe, choose_precision, cpu_info, probe_matmul
+from deltakg.kge.precision import (BF16_MARGIN, cached_probe, choose_for_workload, choose_precision, cpu_info,
+                                   probe_matmul)
 from deltakg.kge.training import TrainConfig, resolve_auto_precision
 from kg_data import KGDataError
 
@@ -94,13 +95,45 @@ def test_resolve_leaves_explicit_settings_alone(monkeypatch):
     from kg_data import load_dataset
 
     monkeypatch.setenv(precision.ENV_FORCE, "bf16")
-    model = MaskedEntityModel.for_graph(load_dataset("nations"), "tiny", use_text=False)
-    config, report = resolve_auto_precision(TrainConfig(), model)
+    kg = load_dataset("nations")
+    model = MaskedEntityModel.for_graph(kg, "tiny", use_text=False)
+    config, report = resolve_auto_precision(TrainConfig(), model, kg)
     assert (config.precision, config.decoder_dtype) == ("bf16-mixed", "bfloat16") and set(report) == {
         "precision", "decoder_dtype"}
     explicit = TrainConfig(precision="32-true", decoder_dtype="float32")
-    config, report = resolve_auto_precision(explicit, model)
+    config, report = resolve_auto_precision(explicit, model, kg)
     assert config == explicit and report == {}
+
+
+@pytest.mark.parametrize(("fp32_s", "bf16_s", "bf16"), [(0.02, 0.01, True), (0.0226, 0.0255, False)])
+def test_workload_choice_follows_the_timed_step(probing, fp32_s, bf16_s, bf16):
+    calls: list = []
+
+    def seconds(use_bf16: bool) -> float:
+        calls.append(use_bf16)
+        return bf16_s if use_bf16 else fp32_s
+
+    choice = choose_for_workload("train step x", "cpu", seconds)
+    assert choice.use_bf16 is bf16 and sorted(calls) == [False, True] and "ms" in choice.reason
+    assert choose_for_workload("train step x", "cpu", seconds) == choice and len(calls) == 2  # cached
+
+
+def test_real_training_step_probe_leaves_the_run_untouched(probing):
+    from deltakg.kge.model import MaskedEntityModel
+    from kg_data import load_dataset
+
+    kg = load_dataset("nations")
+    torch.manual_seed(0)
+    model = MaskedEntityModel.for_graph(kg, "tiny", use_text=False).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    config, report = resolve_auto_precision(TrainConfig(batch_size=32), model, kg)
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    for field, value in (("precision", config.precision), ("decoder_dtype", config.decoder_dtype)):
+        assert report[field]["chosen"] == value and report[field]["fp32_s"] > 0 and report[field]["bf16_s"] > 0
+    assert len(json.loads(probing.read_text())) == 2
 
 
 def test_train_and_evaluate_report_the_choice(tmp_path, capsys):

@@ -581,6 +581,33 @@ def evaluate_scores(
     )
 
 
+def _auto_precision(model, triples: Tensor, batch_size: int | None):
+    """What ``auto`` picks for scoring: one batch of ``triples`` timed with and without bf16 autocast."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from .precision import best_seconds, choose_for_workload
+
+    device = model.entity_bias.device.type
+    batch = triples[: batch_size or 256]
+    raw = json.dumps({"model": asdict(model.config), "batch": int(batch.shape[0])}, sort_keys=True, default=str)
+    workload = (f"score {model.config.encoder} h{model.encoder.config.hidden_size} E{model.config.num_entities} "
+                f"#{hashlib.sha256(raw.encode()).hexdigest()[:10]}")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def seconds(bf16: bool) -> float:
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            return best_seconds(lambda: model.score(batch, "tail"), budget_s=0.3, sync=sync)
+
+    was_training = model.training
+    model.eval()
+    try:
+        return choose_for_workload(workload, device, seconds)
+    finally:
+        model.train(was_training)
+
+
 def evaluate_model(
     model,
     kg,
@@ -594,8 +621,8 @@ def evaluate_model(
     """Link-prediction metrics of a :class:`~deltakg.kge.model.MaskedEntityModel` on one split of ``kg``.
 
     Filtered by every split's true triples (PyKEEN's default), realistic ranks, both sides; ``precision="bf16"``
-    runs the encoder under bfloat16 autocast (scores stay float32), ``"auto"`` does so where a one-time probe of
-    the decoder's product on this device finds bf16 faster (:mod:`deltakg.kge.precision`). Returns the metrics
+    runs the encoder under bfloat16 autocast (scores stay float32), ``"auto"`` does so where a one-time timing of
+    a batch of this model's scoring on this device finds bf16 faster (:mod:`deltakg.kge.precision`). Returns the metrics
     dict plus ``dataset``, ``split``, ``filtered``, ``rank``, ``precision`` (the one used), ``precision_choice``
     (with ``auto``), ``queries`` and ``seconds``.
     """
@@ -605,16 +632,12 @@ def evaluate_model(
 
     if precision not in ("fp32", "bf16", "auto"):
         raise KGDataError(f"must be fp32, bf16 or auto, got {precision!r}", field="precision")
-    choice = None
-    if precision == "auto":
-        from .precision import choose_precision
-
-        hidden = model.encoder.config.hidden_size
-        choice = choose_precision((batch_size or 256, hidden, kg.num_entities), model.entity_bias.device.type)
-        precision = "bf16" if choice.use_bf16 else "fp32"
     if split not in kg.splits:
         raise KGDataError(f"dataset {kg.name!r} has no split {split!r} (has {', '.join(kg.splits)})", field="split")
     model.check_vocabulary(kg)
+    choice = _auto_precision(model, kg.splits[split], batch_size) if precision == "auto" else None
+    if choice is not None:
+        precision = "bf16" if choice.use_bf16 else "fp32"
     filter_index = FilterIndex(kg.all_triples(), kg.num_entities) if filtered else None
     started = time.perf_counter()
     autocast = torch.autocast(model.entity_bias.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -213,28 +213,73 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
 
 
-def resolve_auto_precision(config: TrainConfig, model: MaskedEntityModel) -> tuple[TrainConfig, dict[str, Any]]:
-    """``config`` with ``auto`` precision and decoder dtype replaced by what a probe of this model's products chose.
+def _workload_signature(model: MaskedEntityModel, extra: dict[str, Any]) -> str:
+    import hashlib
+    import json
 
-    Returns the resolved config and a report per resolved field (requested, chosen, reason, measured rates).
+    raw = json.dumps({"model": asdict(model.config), **extra}, sort_keys=True, default=str)
+    cfg = model.config
+    return (f"{cfg.encoder} h{model.encoder.config.hidden_size} E{cfg.num_entities} text {cfg.use_text} "
+            f"#{hashlib.sha256(raw.encode()).hexdigest()[:10]}")
+
+
+def resolve_auto_precision(config: TrainConfig, model: MaskedEntityModel,
+                           kg: KnowledgeGraph) -> tuple[TrainConfig, dict[str, Any]]:
+    """``config`` with ``auto`` precision and decoder dtype replaced by what timing this model's training step chose.
+
+    The step (forward, loss, backward on the first ``batch_size`` training triples, both sides) is timed with and
+    without bf16 autocast, then with the decoder products in bf16 and in fp32 under the chosen precision; see
+    :mod:`deltakg.kge.precision`. Returns the resolved config and a report per resolved field (requested, chosen,
+    reason, measured times). Random state and gradients are left as they were.
     """
-    from .precision import choose_precision, device_of
+    from .lightning import both_sides
+    from .precision import best_seconds, choose_for_workload, device_of
 
+    if "auto" not in (config.precision, config.decoder_dtype):
+        return config, {}
     device = device_of(config.accelerator)
-    hidden = model.encoder.config.hidden_size
-    intermediate = getattr(model.encoder.config, "intermediate_size", 4 * hidden)
-    queries = 2 * config.batch_size  # both sides of every triple
-    tokens = min(queries * (model.config.max_length if model.config.use_text else 8), 8192)
+    home = model.entity_bias.device
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    triples, sides, targets = both_sides(kg.train[: config.batch_size])
+    signature = _workload_signature(model, {"batch": int(triples.shape[0]), "fused_loss": config.fused_loss,
+                                            "sparse_last_layer": config.sparse_last_layer})
+
+    def step_seconds(autocast: bool, decoder: torch.dtype) -> float:
+        inputs = model.inputs(triples, sides)
+
+        def step() -> None:
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                states = model.mask_states(**inputs)
+                loss = model.decode_loss(states, targets.to(states.device), label_smoothing=config.label_smoothing,
+                                         fused=config.fused_loss, matmul_dtype=decoder)
+            loss.backward()
+
+        try:
+            return best_seconds(step, budget_s=0.5, sync=sync)
+        finally:
+            model.zero_grad(set_to_none=True)
+
     changes: dict[str, str] = {}
     report: dict[str, Any] = {}
-    if config.precision == "auto":
-        choice = choose_precision((tokens, hidden, intermediate), device)
-        changes["precision"] = "bf16-mixed" if choice.use_bf16 else "32-true"
-        report["precision"] = {"requested": "auto", "chosen": changes["precision"], **choice.to_dict()}
-    if config.decoder_dtype == "auto":
-        choice = choose_precision((queries, hidden, model.config.num_entities), device)
-        changes["decoder_dtype"] = "bfloat16" if choice.use_bf16 else "float32"
-        report["decoder_dtype"] = {"requested": "auto", "chosen": changes["decoder_dtype"], **choice.to_dict()}
+    was_training, sparse = model.training, model.sparse_last_layer
+    model.to(device).train()
+    model.sparse_last_layer = config.sparse_last_layer
+    try:
+        autocast = config.precision.startswith("bf16")
+        if config.precision == "auto":
+            choice = choose_for_workload(f"train step {signature}", device,
+                                         lambda bf16: step_seconds(bf16, torch.float32))
+            changes["precision"] = "bf16-mixed" if choice.use_bf16 else "32-true"
+            autocast = choice.use_bf16
+            report["precision"] = {"requested": "auto", "chosen": changes["precision"], **choice.to_dict()}
+        if config.decoder_dtype == "auto":
+            choice = choose_for_workload(f"train decoder {signature} autocast {autocast}", device,
+                                         lambda bf16: step_seconds(autocast, torch.bfloat16 if bf16 else torch.float32))
+            changes["decoder_dtype"] = "bfloat16" if choice.use_bf16 else "float32"
+            report["decoder_dtype"] = {"requested": "auto", "chosen": changes["decoder_dtype"], **choice.to_dict()}
+    finally:
+        model.to(home).train(was_training)
+        model.sparse_last_layer = sparse
     return replace(config, **changes), report
 
 
@@ -274,7 +319,7 @@ def train_model(
     model = MaskedEntityModel.for_graph(kg, encoder, layers=layers, max_length=max_length, use_text=use_text,
                                         dropout=dropout, inverse_relations=inverse_relations, readout=readout,
                                         compact=compact, init_from_text=init_from_text)
-    config, precision_report = resolve_auto_precision(config, model)
+    config, precision_report = resolve_auto_precision(config, model, kg)
     for field_name, chosen in precision_report.items():
         log.info("%s: auto -> %s (%s)", field_name, chosen["chosen"], chosen["reason"])
     if config.gradient_checkpointing:
