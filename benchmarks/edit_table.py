@@ -58,14 +58,17 @@ def run_set(editset_dir: Path, *, batch_size: int, editor_epochs: int | None, ed
     editset = EditSet.load(editset_dir)
     info = json.loads((editset_dir / "editset.json").read_text())
     model_dir = editset_dir / "model"
-    test, stable = editset.cases["test"], editset.stable
+    # RK on stable_test only; the editor trains on stable_train and selects on stable_dev (a single-pool set
+    # from before the pools serves all three, and the JSON says so)
+    test, stable = editset.cases["test"], editset.pool("test")
     rows: dict[str, Any] = {"ZSL": zsl_row(model_dir, test, stable)}
     rows["FT"] = run_edits(get_editor("ft"), MaskedEntityModel.from_pretrained(model_dir), test, stable,
                            batch_size=batch_size).metrics
     config = KGEditorConfig.for_dataset(info["dataset"], epochs=editor_epochs)
     start = time.perf_counter()
-    _, trained = train_kgeditor(MaskedEntityModel.from_pretrained(model_dir), editset.cases["train"], stable,
-                                work / "editor", config=config, dev_cases=editset.cases["dev"],
+    _, trained = train_kgeditor(MaskedEntityModel.from_pretrained(model_dir), editset.cases["train"],
+                                editset.pool("train"), work / "editor", config=config,
+                                dev_cases=editset.cases["dev"], dev_stable=editset.pool("dev"),
                                 max_time_minutes=editor_minutes, progress=False)
     train_s = time.perf_counter() - start
     rows["KGEditor"] = run_edits(KGEditor.from_pretrained(work / "editor"), MaskedEntityModel.from_pretrained(model_dir),
@@ -77,6 +80,7 @@ def run_set(editset_dir: Path, *, batch_size: int, editor_epochs: int | None, ed
         "kind": info["kind"],
         "dataset": info["dataset"],
         "counts": info["counts"],
+        "rk_facts": editset.pool_name("test"),
         "build": {k: info["parameters"].get(k) for k in ("encoder", "use_text", "layers", "size", "candidates",
                                                           "max_answers", "stable_size")},
         "base_model": info.get("base_model"),

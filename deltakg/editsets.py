@@ -42,7 +42,9 @@ the build reloads ``out_dir/model`` and checks these invariants on the files it 
 
 Output folder ``out_dir``: ``model/`` (the base model, loadable by ``MaskedEntityModel.from_pretrained`` and
 every ``deltakg`` command, with its checkpoints and logs), ``train.jsonl``, ``dev.jsonl``, ``test.jsonl``,
-``stable.jsonl`` (deltaKG record formats, read back with :meth:`kg_data.EditSet.load`), ``corrupted.tsv``
+``stable_train.jsonl`` / ``stable_dev.jsonl`` / ``stable_test.jsonl`` (disjoint pools of stable facts: a
+method's locality training signal, selection, and the only facts RK is reported on; deltaKG record formats,
+read back with :meth:`kg_data.EditSet.load`, which also reads the original's single ``stable.jsonl``), ``corrupted.tsv``
 (EDIT: every corrupted triple the base model was trained on) or ``heldout.tsv`` (ADD: every held-out triple),
 and ``editset.json`` (kind, dataset, seed, all build parameters, counts and the base model's valid metrics).
 
@@ -89,6 +91,8 @@ SIDES: tuple[Side, Side] = ("head", "tail")
 FORMAT = "deltakg-editset"
 DEFAULT_OVERSAMPLE = {"edit": 3.0, "add": 1.5}
 DEFAULT_SPLIT = (0.6, 0.2, 0.2)
+# stable facts: train (a method's locality signal), dev (selection), test (the only pool RK is reported on)
+DEFAULT_STABLE_SPLIT = (0.5, 0.25, 0.25)
 _COLUMN = {"head": 0, "tail": 2}
 
 # independent random streams of one seed, so that changing one stage's parameters leaves the others alone
@@ -373,13 +377,16 @@ def _split_cases(cases: list[EditCase], fractions: Sequence[float], seed: int) -
     return {"train": shuffled[:n_train], "dev": shuffled[n_train:n_train + n_dev], "test": shuffled[n_train + n_dev:]}
 
 
-def _check_fractions(split: Sequence[float]) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in split)
+def _check_fractions(split: Sequence[float], name: str = "split") -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in split)
+    except (TypeError, ValueError):
+        values = ()
     valid = len(values) == 3 and all(v >= 0 and math.isfinite(v) for v in values)
     if not valid or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
         raise KGDataError(
-            f"split fractions must be 3 non-negative numbers (train, dev, test) summing to 1, got {split!r}",
-            field="split",
+            f"{name} fractions must be 3 non-negative numbers (train, dev, test) summing to 1, got {split!r}",
+            field=name,
         )
     return values  # type: ignore[return-value]
 
@@ -408,8 +415,8 @@ class EditSetBuild:
         return self.info["counts"]
 
 
-_OUTPUTS = ("model", "train.jsonl", "dev.jsonl", "test.jsonl", "stable.jsonl", "corrupted.tsv", "heldout.tsv",
-            "editset.json")
+_OUTPUTS = ("model", "train.jsonl", "dev.jsonl", "test.jsonl", "stable.jsonl", "stable_train.jsonl",
+            "stable_dev.jsonl", "stable_test.jsonl", "corrupted.tsv", "heldout.tsv", "editset.json")
 
 
 def _prepare_out(out_dir: Path, overwrite: bool) -> None:
@@ -496,6 +503,7 @@ def build_editset(
     max_answers: int | None = None,
     stable_size: int = 1000,
     split: Sequence[float] = DEFAULT_SPLIT,
+    stable_split: Sequence[float] = DEFAULT_STABLE_SPLIT,
     seed: int = 0,
     margin: float = 1e-4,
     train_config=None,
@@ -508,9 +516,10 @@ def build_editset(
     defaults to 3 for EDIT and 1.5 for ADD). ``holdout``: ``"triples"`` or ``"entities"`` (ADD only).
     ``dropout`` … ``init_from_text``: the base model's layout, as in :func:`~deltakg.kge.training.train_model`.
     ``max_answers``: EDIT only, see :func:`corrupt_triples`. ``stable_size``: stable facts wanted (all when
-    fewer qualify). ``split``: train/dev/test fractions of the edit cases. ``train_config``: a
-    :class:`~deltakg.kge.training.TrainConfig` (default: its defaults with ``seed=seed``, no early stopping,
-    no progress bar). ``overwrite``: replace an edit set already in ``out_dir`` (otherwise an error).
+    fewer qualify). ``split``: train/dev/test fractions of the edit cases; ``stable_split``: of the stable
+    facts, into the disjoint ``stable_train`` / ``stable_dev`` / ``stable_test`` pools (in their seeded order).
+    ``train_config``: a :class:`~deltakg.kge.training.TrainConfig` (default: its defaults with ``seed=seed``, no
+    early stopping, no progress bar, fp32: the same files on every machine, whatever ``auto`` precision picks). ``overwrite``: replace an edit set already in ``out_dir`` (otherwise an error).
     See the module docstring for the procedure and the files.
     """
     from deltakg.kge.model import MaskedEntityModel
@@ -526,12 +535,14 @@ def build_editset(
     if isinstance(stable_size, bool) or not isinstance(stable_size, int) or stable_size < 0:
         raise KGDataError(f"stable_size must be >= 0, got {stable_size!r}", field="stable_size")
     fractions = _check_fractions(split)
+    stable_fractions = _check_fractions(stable_split, "stable_split")
     oversample = DEFAULT_OVERSAMPLE[kind] if oversample is None else float(oversample)
     if not oversample > 0:
         raise KGDataError(f"oversample must be > 0, got {oversample!r}", field="oversample")
     if "train" not in kg.splits or kg.train.numel() == 0:
         raise KGDataError(f"dataset {kg.name!r} has no training triples", field="dataset")
-    config = train_config if train_config is not None else TrainConfig(seed=seed, patience=None, progress=False)
+    config = train_config if train_config is not None else TrainConfig(
+        seed=seed, patience=None, progress=False, precision="32-true", decoder_dtype="float32")
     n_train = int(kg.train.shape[0])
     count = _resolve_count(candidates, size, oversample, n_train, "candidates")
     out_dir = Path(out_dir)
@@ -601,12 +612,17 @@ def build_editset(
     if len(stable) < stable_size:
         logger.warning("%s: only %d stable facts of the %d wanted", kg.name, len(stable), stable_size)
 
-    edit_set = EditSet(cases=splits, stable=stable)
+    n_stable_train = int(round(stable_fractions[0] * len(stable)))
+    n_stable_dev = min(int(round(stable_fractions[1] * len(stable))), len(stable) - n_stable_train)
+    pools = {"train": stable[:n_stable_train], "dev": stable[n_stable_train:n_stable_train + n_stable_dev],
+             "test": stable[n_stable_train + n_stable_dev:]}
+    edit_set = EditSet.with_pools(splits, pools)
     edit_set.save(out_dir)
     counts.update(
         edit_cases={name: len(part) for name, part in splits.items()},
         edit_cases_total=len(cases),
         stable=len(stable),
+        stable_pools={name: len(part) for name, part in pools.items()},
         stable_scored=scored,
     )
     valid = _valid_metrics(model, kg)
@@ -615,7 +631,7 @@ def build_editset(
 
     info = {
         "format": FORMAT,
-        "version": 1,
+        "version": 2,  # 2: stable facts in train/dev/test pools (1: one stable.jsonl)
         "kind": kind,
         "dataset": kg.name,
         "seed": seed,
@@ -628,6 +644,7 @@ def build_editset(
             "max_answers": max_answers if kind == "edit" else None,
             "stable_size": stable_size,
             "split": dict(zip(("train", "dev", "test"), fractions)),
+            "stable_split": dict(zip(("train", "dev", "test"), stable_fractions)),
             "margin": margin,
             "encoder": encoder,
             "use_text": use_text,
@@ -638,7 +655,8 @@ def build_editset(
             "readout": readout,
             "compact": compact,
             "init_from_text": init_from_text,
-            "train_config": asdict(config),
+            # as trained: an "auto" precision appears as what it resolved to on this machine
+            "train_config": result.metrics.get("config", asdict(config)),
         },
         "counts": counts,
         "base_model": {
@@ -653,7 +671,7 @@ def build_editset(
         "files": {
             "model": "model",
             **{name: f"{name}.jsonl" for name in splits},
-            "stable": "stable.jsonl",
+            "stable": {name: f"stable_{name}.jsonl" for name in pools},
             ("corrupted" if kind == "edit" else "heldout"): "corrupted.tsv" if kind == "edit" else "heldout.tsv",
         },
     }

@@ -30,6 +30,7 @@ __all__ = [
     "EditCase",
     "StableFact",
     "EditSet",
+    "STABLE_POOLS",
     "read_edit_cases",
     "write_edit_cases",
     "read_stable_facts",
@@ -229,30 +230,99 @@ def write_stable_facts(path: str | os.PathLike, facts: Iterable[StableFact]) -> 
     _write_jsonl(path, (fact.to_record() for fact in facts))
 
 
+STABLE_POOLS = ("train", "dev", "test")
+
+
 @dataclass
 class EditSet:
-    """Edit cases per split (``train``/``dev``/``test``) and the stable facts, as a folder of jsonl files."""
+    """Edit cases per split (``train``/``dev``/``test``) and the stable facts, as a folder of jsonl files.
+
+    Stable facts come in disjoint pools (``stable_pools``): ``train`` (a method's locality training signal),
+    ``dev`` (checkpoint and hyperparameter selection) and ``test`` (the only facts RK is reported on), in
+    ``stable_train.jsonl`` / ``stable_dev.jsonl`` / ``stable_test.jsonl``. A set with one ``stable.jsonl``
+    (the original deltaKG layout, and sets built before the pools) loads with ``stable_pools`` empty: then every
+    pool is that one list, and :attr:`held_out_locality` is false so reports can say so. ``stable`` is always
+    every stable fact (the pools' concatenation).
+    """
 
     cases: dict[str, list[EditCase]]
     stable: list[StableFact]
+    stable_pools: dict[str, list[StableFact]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stable_pools:
+            unknown = sorted(set(self.stable_pools) - set(STABLE_POOLS))
+            if unknown:
+                raise KGDataError(f"unknown stable pool(s) {unknown}; pools are {', '.join(STABLE_POOLS)}",
+                                  field="stable_pools")
+            joined = [f for name in STABLE_POOLS for f in self.stable_pools.get(name, [])]
+            if self.stable and self.stable != joined:
+                raise KGDataError("stable must be the stable pools' facts in train, dev, test order (or empty)",
+                                  field="stable")
+            self.stable = joined
+
+    @classmethod
+    def with_pools(cls, cases: dict[str, list[EditCase]], pools: dict[str, list[StableFact]]) -> "EditSet":
+        """An edit set whose stable facts are split into the ``train``/``dev``/``test`` pools."""
+        return cls(cases=cases, stable=[], stable_pools={name: list(pools.get(name, [])) for name in STABLE_POOLS})
+
+    @property
+    def held_out_locality(self) -> bool:
+        """Whether RK can be measured on stable facts no method trained or selected on (the pooled layout)."""
+        return bool(self.stable_pools)
+
+    def pool(self, name: str) -> list[StableFact]:
+        """The stable facts of one pool (a single-pool set: all of them, for every pool)."""
+        if name not in STABLE_POOLS:
+            raise KGDataError(f"unknown stable pool {name!r}; choose one of {', '.join(STABLE_POOLS)}", field="pool")
+        if not self.stable_pools:
+            return self.stable
+        if name not in self.stable_pools:
+            raise KGDataError(f"this view of the edit set has no stable_{name} pool (it is kept from training)",
+                              field="pool")
+        return self.stable_pools[name]
+
+    def pool_name(self, name: str) -> str:
+        """How a report names the facts :meth:`pool` returns: ``stable_test`` etc., or the single pool's caveat."""
+        return f"stable_{name}" if self.stable_pools else "stable (single pool: also what methods train on)"
+
+    def training_view(self) -> "EditSet":
+        """The set without its test cases and its ``stable_test`` pool: what editors may train and select on."""
+        cases = {k: v for k, v in self.cases.items() if k != "test"}
+        if not self.stable_pools:
+            return EditSet(cases=cases, stable=self.stable)
+        return EditSet(cases=cases, stable=[],
+                       stable_pools={k: v for k, v in self.stable_pools.items() if k != "test"})
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``{split}.jsonl`` for each split and ``stable.jsonl``."""
+        """Write ``{split}.jsonl`` for each split and ``stable_{pool}.jsonl`` (single pool: ``stable.jsonl``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for split, cases in self.cases.items():
             write_edit_cases(directory / f"{split}.jsonl", cases)
-        write_stable_facts(directory / "stable.jsonl", self.stable)
+        if self.stable_pools:
+            for name, facts in self.stable_pools.items():
+                write_stable_facts(directory / f"stable_{name}.jsonl", facts)
+        else:
+            write_stable_facts(directory / "stable.jsonl", self.stable)
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "EditSet":
-        """Read a folder of ``train/dev/test.jsonl`` (those present) and ``stable.jsonl``."""
+        """Read a folder of ``train/dev/test.jsonl`` (those present) and ``stable_{train,dev,test}.jsonl`` or
+        ``stable.jsonl``."""
         directory = Path(directory)
         if not directory.is_dir():
             raise KGDataError("not a directory (expected an edit-set folder)", path=directory)
         cases = {s: read_edit_cases(directory / f"{s}.jsonl") for s in EDIT_SPLITS if (directory / f"{s}.jsonl").exists()}
         if not cases:
             raise KGDataError(f"no edit cases: expected {', '.join(s + '.jsonl' for s in EDIT_SPLITS)}", path=directory)
-        return cls(cases=cases, stable=read_stable_facts(directory / "stable.jsonl"))
-
+        pooled = {name: directory / f"stable_{name}.jsonl" for name in STABLE_POOLS}
+        present = [name for name, path in pooled.items() if path.exists()]
+        if not present:
+            return cls(cases=cases, stable=read_stable_facts(directory / "stable.jsonl"))
+        if (directory / "stable.jsonl").exists():
+            raise KGDataError("holds both stable.jsonl and stable_{train,dev,test}.jsonl: keep one layout",
+                              path=directory / "stable.jsonl")
+        return cls(cases=cases, stable=[],
+                   stable_pools={name: read_stable_facts(path) for name, path in pooled.items() if name in present})

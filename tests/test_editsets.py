@@ -157,9 +157,10 @@ def test_bad_arguments_fail_before_writing(umls, tmp_path):
 # ------------------------------------------------------------------------------------ E-UMLS
 def test_edit_build_files_and_counts(e_build, umls):
     out = e_build.out_dir
-    for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "stable.jsonl", "corrupted.tsv", "editset.json",
-                 "model/config.json", "model/model.safetensors"):
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "stable_train.jsonl", "stable_dev.jsonl",
+                 "stable_test.jsonl", "corrupted.tsv", "editset.json", "model/config.json", "model/model.safetensors"):
         assert (out / name).is_file(), name
+    assert not (out / "stable.jsonl").exists()
     loaded = EditSet.load(out)
     assert loaded == e_build.edit_set
     info = json.loads((out / "editset.json").read_text())
@@ -171,6 +172,11 @@ def test_edit_build_files_and_counts(e_build, umls):
     assert counts["edit_cases_total"] == min(E_SIZE, counts["memorised"])
     assert all(n > 0 for n in counts["edit_cases"].values())
     assert counts["stable"] == len(loaded.stable) == STABLE
+    # disjoint stable pools in the default 0.5/0.25/0.25 split, whose queries never repeat across pools
+    assert counts["stable_pools"] == {"train": STABLE // 2, "dev": STABLE // 4, "test": STABLE - STABLE // 2 - STABLE // 4}
+    queries = {p: {(f.triple, f.masked) for f in loaded.pool(p)} for p in ("train", "dev", "test")}
+    assert sum(map(len, queries.values())) == STABLE and loaded.held_out_locality
+    assert info["version"] == 2 and info["files"]["stable"]["test"] == "stable_test.jsonl"
     assert 0 < info["base_model"]["valid_mrr"] <= 1
     assert info["parameters"]["train_config"]["epochs"] == E_TRAIN["epochs"]
     assert all(case.kind == "edit" for cases in loaded.cases.values() for case in cases)
@@ -239,10 +245,10 @@ def test_cli_build_repeats_the_api_build_exactly(a_build, tmp_path, capsys):
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert payload["kind"] == "add" and payload["dataset"] == "umls"
     assert payload["counts"] == a_build.counts
-    assert payload["paths"]["model"] == str(out / "model") and Path(payload["paths"]["stable"]).is_file()
+    assert payload["paths"]["model"] == str(out / "model") and Path(payload["paths"]["stable_test"]).is_file()
     # same seed and parameters -> the same files, weights included
-    for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "stable.jsonl", "heldout.tsv", "editset.json",
-                 "model/model.safetensors"):
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "stable_train.jsonl", "stable_dev.jsonl",
+                 "stable_test.jsonl", "heldout.tsv", "editset.json", "model/model.safetensors"):
         assert (out / name).read_bytes() == (a_build.out_dir / name).read_bytes(), name
 
     # the base model works with the other commands
@@ -288,12 +294,14 @@ def _kgeditor_vs_ft(build: EditSetBuild, tmp_path: Path) -> tuple[dict, dict]:
     editset = EditSet.load(build.out_dir)
     model_dir = build.out_dir / "model"
     config = KGEditorConfig.for_dataset("umls", epochs=8)
-    train_kgeditor(MaskedEntityModel.from_pretrained(model_dir), editset.cases["train"], editset.stable,
-                   tmp_path / "editor", config=config, dev_cases=editset.cases["dev"], progress=False)
-    test = editset.cases["test"]
+    view = editset.training_view()  # what the editor may see: no test cases, no stable_test
+    train_kgeditor(MaskedEntityModel.from_pretrained(model_dir), view.cases["train"], view.pool("train"),
+                   tmp_path / "editor", config=config, dev_cases=view.cases["dev"], dev_stable=view.pool("dev"),
+                   progress=False)
+    test, held_out = editset.cases["test"], editset.pool("test")
     kgeditor = run_edits(KGEditor.from_pretrained(tmp_path / "editor"), MaskedEntityModel.from_pretrained(model_dir),
-                         test, editset.stable, batch_size=2).metrics
-    ft = run_edits(get_editor("ft"), MaskedEntityModel.from_pretrained(model_dir), test, editset.stable,
+                         test, held_out, batch_size=2).metrics
+    ft = run_edits(get_editor("ft"), MaskedEntityModel.from_pretrained(model_dir), test, held_out,
                    batch_size=2).metrics
     return kgeditor, ft
 
@@ -305,6 +313,29 @@ def test_kgeditor_beats_ft_on_rk3_at_comparable_succ1(kind, e_build, a_build, tm
     assert kgeditor["rk@3"] > ft["rk@3"]
     assert kgeditor["succ@1"] >= ft["succ@1"] - 0.1
     assert kgeditor["succ@1"] >= 0.8
+
+
+def test_train_editor_never_sees_test_cases_or_stable_test(e_build, tmp_path, capsys, monkeypatch):
+    """The protocol: train-editor hands the method a view without the test cases and the stable_test pool."""
+    from deltakg.editing.methods.kgeditor import KGEditor
+
+    seen: dict = {}
+
+    def spy(cls, model, cases, stable, out, **kwargs):
+        seen.update(cases=cases, stable=stable, **kwargs)
+        return {}
+
+    monkeypatch.setattr(KGEditor, "train_pretrained", classmethod(spy))
+    out = e_build.out_dir
+    assert main(["train-editor", "--method", "kgeditor", "--model", str(out / "model"), "--editset", str(out),
+                 "--out", str(tmp_path / "ed"), "--json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    loaded = EditSet.load(out)
+    forbidden = {(c.triple, c.masked) for c in loaded.cases["test"]} | {(f.triple, f.masked) for f in loaded.pool("test")}
+    given = [*seen["cases"], *seen["dev_cases"], *seen["stable"], *seen["dev_stable"]]
+    assert given and not {(x.triple, x.masked) for x in given} & forbidden
+    assert seen["stable"] == loaded.pool("train") and seen["dev_stable"] == loaded.pool("dev")
+    assert (report["stable_train"], report["stable_dev"]) == ("stable_train", "stable_dev")
 
 
 def test_edit_table_benchmark_smoke(e_build, capsys):
@@ -322,4 +353,5 @@ def test_edit_table_benchmark_smoke(e_build, capsys):
     assert set(rows) == {"ZSL", "FT", "KGEditor"}
     assert rows["ZSL"]["succ@1"] == 0.0 and rows["ZSL"]["rk@3"] == 1.0
     assert rows["FT"]["edits"] == rows["KGEditor"]["edits"] == len(EditSet.load(e_build.out_dir).cases["test"])
+    assert payload["results"][0]["rk_facts"] == "stable_test"
     assert "| KGEditor |" in captured.err

@@ -367,6 +367,36 @@ def test_edit_set_save_load(tmp_path):
         assert (again / name).read_bytes() == (folder / name).read_bytes()
 
 
+def test_edit_set_pools_save_load_and_training_view(tmp_path):
+    cases = {"train": [EditCase(Triple("a", "r", "b"), "tail", wrong="c")],
+             "dev": [EditCase(Triple("x", "s", "y"), "head", wrong="z")],
+             "test": [EditCase(Triple("b", "r", "c"), "tail", wrong="a")]}
+    pools = {"train": [StableFact(Triple("a", "r", "a"), "tail")], "dev": [StableFact(Triple("b", "s", "c"), "head")],
+             "test": [StableFact(Triple("c", "s", "a"), "tail"), StableFact(Triple("c", "r", "b"), "head")]}
+    edit_set = EditSet.with_pools(cases, pools)
+    assert edit_set.stable == [*pools["train"], *pools["dev"], *pools["test"]] and edit_set.held_out_locality
+    folder = edit_set.save(tmp_path / "E")
+    assert sorted(p.name for p in folder.iterdir()) == ["dev.jsonl", "stable_dev.jsonl", "stable_test.jsonl",
+                                                        "stable_train.jsonl", "test.jsonl", "train.jsonl"]
+    loaded = EditSet.load(folder)
+    assert loaded == edit_set and loaded.pool("test") == pools["test"] and loaded.pool_name("test") == "stable_test"
+    view = loaded.training_view()
+    assert set(view.cases) == {"train", "dev"} and view.pool("train") == pools["train"]
+    with pytest.raises(KGDataError, match="no stable_test pool"):
+        view.pool("test")
+    with pytest.raises(KGDataError, match="unknown stable pool"):
+        loaded.pool("valid")
+    # the single-pool layout still loads, serves every pool from its one file and says so
+    legacy = EditSet(cases=cases, stable=pools["test"])
+    legacy_dir = legacy.save(tmp_path / "legacy")
+    again = EditSet.load(legacy_dir)
+    assert not again.held_out_locality and again.pool("train") == again.pool("test") == pools["test"]
+    assert "single pool" in again.pool_name("test")
+    (folder / "stable.jsonl").write_text("")
+    with pytest.raises(KGDataError, match="keep one layout"):
+        EditSet.load(folder)
+
+
 def test_edit_set_load_errors(tmp_path):
     with pytest.raises(KGDataError, match="not a directory"):
         EditSet.load(tmp_path / "missing")

@@ -28,7 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     train = add_command(commands, "train-editor", "train an edit method that learns from an edit set's train cases")
     train.add_argument("--method", required=True, choices=sorted(trainable), help=_listing(trainable))
     train.add_argument("--model", required=True, help="the model the edits apply to (an edit set's DIR/model)")
-    train.add_argument("--editset", required=True, help="an edit-set folder (train/dev/test.jsonl, stable.jsonl)")
+    train.add_argument("--editset", required=True, help="an edit-set folder (train/dev/test.jsonl, stable_*.jsonl); the editor sees its train and "
+                            "dev cases and stable_train/stable_dev, never test cases or stable_test")
     train.add_argument("--out", required=True, help="output folder of the trained editor")
     train.add_argument("--max-time", type=positive_float, default=None, metavar="MINUTES",
                        help="stop training after this long (default: no limit)")
@@ -51,7 +52,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     edit.add_argument("--editset", required=True, help="an edit-set folder")
     edit.add_argument("--method", required=True, choices=sorted(methods), help=_listing(methods))
     edit.add_argument("--editor", default=None, help="a trained editor folder (methods that learn)")
-    edit.add_argument("--split", default="test", choices=("train", "dev", "test"), help="which edit cases")
+    edit.add_argument("--split", default="test", choices=("train", "dev", "test"),
+                      help="which edit cases; RK is measured on the stable pool of the same name")
     edit.add_argument("--batch-size", type=positive_int, default=2, help="edits per batch; 2 is the paper's")
     edit.add_argument("--sequential", action="store_true", help="let edits accumulate instead of resetting per batch")
     edit.add_argument("--limit", type=positive_int, default=None, help="only the first N edit cases (default: all)")
@@ -72,16 +74,18 @@ def _train_editor(args: argparse.Namespace) -> int:
 
     cls = _methods()[args.method]
     model = MaskedEntityModel.from_pretrained(args.model)
-    editset = _load_editset(args.editset)
+    # the editor never sees test cases or stable_test: RK is reported on facts it did not train or select on
+    editset = _load_editset(args.editset).training_view()
     if "train" not in editset.cases:
         raise CommandError(f"--editset: {args.editset} has no train.jsonl to train the editor on")
     options = dict(epochs=args.epochs, seed=args.seed, extra=args.extra, layers=args.layers, rounds=args.rounds,
                    whiten=False if args.no_whiten else None, calibrate=False if args.no_calibrate else None)
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-        metrics = cls.train_pretrained(model, editset.cases["train"], editset.stable, args.out,
-                                       dev_cases=editset.cases.get("dev"), max_time_minutes=args.max_time,
-                                       progress=not args.no_progress, **options)
-    metrics.update(out=str(args.out), method=args.method)
+        metrics = cls.train_pretrained(model, editset.cases["train"], editset.pool("train"), args.out,
+                                       dev_cases=editset.cases.get("dev"), dev_stable=editset.pool("dev"),
+                                       max_time_minutes=args.max_time, progress=not args.no_progress, **options)
+    metrics.update(out=str(args.out), method=args.method, stable_train=editset.pool_name("train"),
+                   stable_dev=editset.pool_name("dev"))
     emit(args, metrics, f"editor saved to {args.out}")
     return 0
 
@@ -97,8 +101,11 @@ def _edit(args: argparse.Namespace) -> int:
     if args.split not in editset.cases:
         raise CommandError(f"--split: {args.editset} has no {args.split}.jsonl (has {', '.join(editset.cases)})")
     cases = editset.cases[args.split][: args.limit] if args.limit else editset.cases[args.split]
-    report = run_edits(editor, model, cases, editset.stable, batch_size=args.batch_size, sequential=args.sequential)
+    # RK of dev cases on stable_dev (for tuning), of test cases on stable_test (for reporting)
+    report = run_edits(editor, model, cases, editset.pool(args.split), batch_size=args.batch_size,
+                       sequential=args.sequential)
     metrics = report.metrics
+    metrics["rk_facts"] = editset.pool_name(args.split)
     text = (f"{metrics['method']} on {metrics['edits']} edits (batch {args.batch_size}"
             f"{', sequential' if args.sequential else ''}): Succ@1 {metrics['succ@1']:.3f}  Succ@3 {metrics['succ@3']:.3f}"
             f"  ER_roc {metrics['er_roc']:.3f}  RK@3 {metrics['rk@3']:.3f}  RK_roc {metrics['rk_roc']:.3f}"

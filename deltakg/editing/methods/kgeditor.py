@@ -92,14 +92,15 @@ class KGEditor(Editor):
     trainable = True
 
     @classmethod
-    def train_pretrained(cls, model, cases, stable, out, *, dev_cases=None, max_time_minutes: float | None = None,
-                         progress: bool = True, **options: Any) -> dict[str, Any]:
+    def train_pretrained(cls, model, cases, stable, out, *, dev_cases=None, dev_stable=None,
+                         max_time_minutes: float | None = None, progress: bool = True,
+                         **options: Any) -> dict[str, Any]:
         """Train the hypernetwork (``options``: KGEditorConfig overrides, ``None`` keeps the dataset default)."""
         from .kgeditor_training import train_kgeditor
 
         config = KGEditorConfig.for_dataset(model.config.dataset, **options)
         _, metrics = train_kgeditor(model, cases, stable, out, config=config, dev_cases=dev_cases,
-                                    max_time_minutes=max_time_minutes, progress=progress)
+                                    dev_stable=dev_stable, max_time_minutes=max_time_minutes, progress=progress)
         return metrics
 
     def __init__(self, config: KGEditorConfig | None = None, *, state: dict[str, torch.Tensor] | None = None,

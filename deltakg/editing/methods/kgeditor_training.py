@@ -38,12 +38,14 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
     """The hypernetwork as a LightningModule; the frozen KGE is held by the editor's adapter."""
 
     def __init__(self, editor: KGEditor, target: KGETarget, train_cases: EncodedFacts, stable: EncodedFacts,
-                 dev_cases: EncodedFacts | None = None) -> None:
+                 dev_cases: EncodedFacts | None = None, dev_stable: EncodedFacts | None = None) -> None:
         super().__init__()
         self.editor, self.target = editor, target
         self.config: KGEditorConfig = editor.config
         self.hypernet = editor.hypernet
         self.train_cases, self.stable, self.dev_cases = train_cases, stable, dev_cases
+        # checkpoint selection measures locality on its own pool when the edit set has one (stable_dev)
+        self.dev_stable = dev_stable if dev_stable is not None and len(dev_stable) else stable
         self.register_buffer("lagrange", torch.zeros(()))
         target.model.eval()  # dropout off: the updates must work on the deterministic model
         for name, param in target.model.named_parameters():
@@ -99,7 +101,7 @@ class KGEditorModule(_RngStateMixin, pl.LightningModule):
 
     def _validation_stable(self, size: int = 64) -> EncodedFacts:
         generator = torch.Generator().manual_seed(self.config.seed)
-        return self.stable.select(torch.randperm(len(self.stable), generator=generator)[:size])
+        return self.dev_stable.select(torch.randperm(len(self.dev_stable), generator=generator)[:size])
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Edit CE plus the Lagrangian KL term; lambda ascends on the constraint violation."""
@@ -158,11 +160,16 @@ def train_kgeditor(
     *,
     config: KGEditorConfig,
     dev_cases: list | None = None,
+    dev_stable: list | None = None,
     max_time_minutes: float | None = None,
     progress: bool = True,
     accelerator: str = "cpu",
 ) -> tuple[KGEditor, dict[str, Any]]:
-    """Train a KGEditor for ``model`` on edit cases and stable facts; save it to ``out`` and return it."""
+    """Train a KGEditor for ``model`` on edit cases and stable facts; save it to ``out`` and return it.
+
+    ``stable`` is the KL term's locality signal; ``dev_stable`` (default: ``stable``) what checkpoint selection
+    measures locality on. Pass an edit set's ``stable_train`` and ``stable_dev`` pools, never ``stable_test``.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.seed, verbose=False)
@@ -171,7 +178,8 @@ def train_kgeditor(
     editor.prepare(target)
     train_facts, stable_facts = target.encode(train_cases), target.encode(stable)
     dev_facts = target.encode(dev_cases) if dev_cases else None
-    module = KGEditorModule(editor, target, train_facts, stable_facts, dev_facts)
+    dev_stable_facts = target.encode(dev_stable) if dev_stable else None
+    module = KGEditorModule(editor, target, train_facts, stable_facts, dev_facts, dev_stable_facts)
     monitor = "valid_score" if dev_facts is not None else None
     checkpoint = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best-{epoch}", monitor=monitor,
                                  mode="max", save_top_k=1, save_last=True, save_on_exception=True)
