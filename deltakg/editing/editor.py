@@ -55,6 +55,11 @@ class Editor(ABC):
         return cls(**options)
 
     @classmethod
+    def from_settings(cls, **settings: Any) -> "Editor":
+        """An untrained editor with these settings (constructor keywords; locate editors: config fields)."""
+        return cls(**settings)
+
+    @classmethod
     def from_pretrained(cls, directory: str) -> "Editor":
         """Load a trained editor (methods with state override this)."""
         raise EditError(f"method {cls.name!r} has no saved state", field="editor")

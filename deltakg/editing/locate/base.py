@@ -38,6 +38,11 @@ class LocateEditor(Editor):
         self._stats: dict[tuple[str, int], torch.Tensor] = {}
         self._fingerprints: dict[int, str] = {}  # id(model) -> fingerprint of that model before its first edit
 
+    @classmethod
+    def from_settings(cls, **settings: Any) -> "LocateEditor":
+        """An editor whose config has these fields set; the rest keep their model-type defaults."""
+        return cls(dataclasses.replace(cls().config, **settings))
+
     def adapter(self, target: Any) -> LocateAdapter:
         """The target as a locate adapter."""
         return as_locate_adapter(target)

@@ -16,23 +16,34 @@ __all__ = ["FineTune"]
 class FineTune(Editor):
     """Adam on the cross-entropy of the edit targets; stops early once every target ranks first.
 
-    ``params``: parameter-name prefixes to tune (e.g. ``["encoder.encoder.layer.5"]``); all by default.
+    ``params``: parameter-name prefixes to tune (e.g. ``["encoder.encoder.layer.5"]``), or ``"@last_layer"`` /
+    ``"@last_ffn"`` (the last encoder layer, or only its feed-forward block); all by default.
     """
 
     name = "ft"
     summary = "fine-tuning: Adam steps on the edit batch's cross-entropy (all parameters by default)"
     cli_options = {"steps": "ft_steps", "lr": "ft_lr"}
 
-    def __init__(self, steps: int = 10, lr: float = 1e-3, params: Sequence[str] | None = None,
+    def __init__(self, steps: int = 10, lr: float = 1e-3, params: Sequence[str] | str | None = None,
                  stop_when_done: bool = True) -> None:
+        if isinstance(params, str):
+            params = [params]
         self.steps, self.lr, self.params, self.stop_when_done = steps, lr, params, stop_when_done
+
+    @staticmethod
+    def _prefixes(target: KGETarget, params: Sequence[str]) -> list[str]:
+        last = target.model.encoder.config.num_hidden_layers - 1
+        aliases = {"@last_layer": [f"encoder.encoder.layer.{last}."],
+                   "@last_ffn": [f"encoder.encoder.layer.{last}.intermediate.", f"encoder.encoder.layer.{last}.output."]}
+        return [p for prefix in params for p in aliases.get(prefix, [prefix])]
 
     def touched(self, target: KGETarget) -> list[str]:
         """The tuned parameters."""
         names = [n for n, p in target.model.named_parameters() if p.requires_grad]
         if self.params is None:
             return names
-        chosen = [n for n in names if any(n.startswith(prefix) for prefix in self.params)]
+        prefixes = self._prefixes(target, self.params)
+        chosen = [n for n in names if any(n.startswith(prefix) for prefix in prefixes)]
         if not chosen:
             raise ValueError(f"no parameter matches the prefixes {list(self.params)}")
         return chosen

@@ -1,0 +1,73 @@
+"""``deltakg benchmark-edits``: every registered KG editor, tuned on dev, reported on test with held-out RK."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deltakg.cli import main
+from deltakg.editing import EDITORS
+from deltakg.editing.benchmark import BenchmarkConfig, kge_methods, search_space
+from kg_data import EditSet, KGDataError
+
+
+@pytest.fixture(scope="module")
+def bench_set(nations_base, tmp_path_factory):
+    """The session's Nations model with its edit cases and stable facts as a pooled edit set."""
+    out, kg, cases, stable = nations_base
+    folder = tmp_path_factory.mktemp("bench-set")
+    EditSet.with_pools({"train": cases[:12], "dev": cases[12:20], "test": cases[20:30]},
+                       {"train": stable[:20], "dev": stable[20:35], "test": stable[35:55]}).save(folder)
+    return out, folder
+
+
+def test_every_grid_names_real_settings():
+    for method in kge_methods():
+        for key in search_space(method):
+            EDITORS[method].from_settings(**{key: search_space(method)[key][0]})  # a bad key raises here
+
+
+def test_config_validation():
+    with pytest.raises(KGDataError, match="unknown KG edit method"):
+        BenchmarkConfig(methods=["nope"])
+    with pytest.raises(KGDataError, match="main batch size"):
+        BenchmarkConfig(batch_sizes=[1, 4], main_batch_size=2)
+
+
+def test_benchmark_cli_json_table_plots_and_protocol(bench_set, tmp_path, capsys):
+    model, folder = bench_set
+    out = tmp_path / "bench"
+    code = main(["benchmark-edits", "--model", str(model), "--editset", str(folder), "--methods", "ft,ft-l,grace",
+                 "--batch-sizes", "1,2", "--sequential", "6", "--seeds", "0,1", "--tune-budget", "2",
+                 "--out", str(out), "--json", "--no-progress"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {row["method"]: row for row in report["rows"]}
+    assert list(rows) == ["zsl", "ft", "ft-l", "grace"]
+    for row in report["rows"]:
+        assert {"method", "time_per_edit_s", "succ@1", "succ@3", "er_roc", "rk@3", "rk_roc", "params", "std"} <= set(row)
+    assert rows["zsl"]["succ@1"] == 0.0 and rows["zsl"]["rk@3"] == 1.0
+    assert rows["ft"]["succ@1"] > 0.2 and rows["ft"]["deterministic"] and rows["ft"]["std"]["succ@1"] == 0.0
+    assert report["rk_facts"] == "stable_test" and report["tuned_on"] == "dev cases + stable_dev"
+    # tuning tried the budget on dev only and kept the best-scoring setting
+    tried = report["tuning"]["ft"]["tried"]
+    assert len(tried) == 2 and report["tuning"]["ft"]["chosen"] == max(tried, key=lambda t: t["score"])["settings"]
+    assert {(e["method"], e["batch_size"]) for e in report["by_batch_size"]} == {
+        (m, b) for m in ("ft", "ft-l", "grace") for b in (1, 2)}
+    seq = [p for p in report["sequential"] if p["method"] == "grace"]
+    assert [p["edits"] for p in seq] == [2, 6]  # marks 1 and 6, met at batch ends and {"succ@1", "rk@3"} <= set(seq[-1])
+    assert {p.rsplit("/", 1)[-1] for p in report["plots"]} == {"edits_batch.png", "edits_sequential.png"}
+    assert all((out / name).stat().st_size > 1000 for name in ("edits_batch.png", "edits_sequential.png"))
+    assert json.loads((out / "report.json").read_text())["rows"] == report["rows"]
+
+
+def test_benchmark_text_output_and_bad_methods(bench_set, capsys):
+    model, folder = bench_set
+    assert main(["benchmark-edits", "--model", str(model), "--editset", str(folder), "--methods", "ft",
+                 "--batch-sizes", "2", "--seeds", "0", "--no-tune", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "| method | Time (s/edit) | Succ@1" in text and "| zsl |" in text and "| ft |" in text
+    assert main(["benchmark-edits", "--model", str(model), "--editset", str(folder), "--methods", "ft,nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown KG edit method(s) nope" in err[0]
