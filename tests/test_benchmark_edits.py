@@ -71,3 +71,14 @@ def test_benchmark_text_output_and_bad_methods(bench_set, capsys):
     assert main(["benchmark-edits", "--model", str(model), "--editset", str(folder), "--methods", "ft,nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown KG edit method(s) nope" in err[0]
+
+
+def test_variants_are_rows_with_their_fixed_settings(bench_set, capsys):
+    model, folder = bench_set
+    assert {"kgeditor-paper", "kgeditor-untrained", "kgeditor-no-whiten", "kgeditor-no-calibrate"} <= set(kge_methods())
+    assert main(["benchmark-edits", "--model", str(model), "--editset", str(folder), "--methods",
+                 "kgeditor-untrained", "--batch-sizes", "2", "--seeds", "0", "--json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    row = report["rows"][1]
+    assert row["method"] == "kgeditor-untrained" and row["settings"] == {"epochs": 0} and not row["deterministic"]
+    assert "initialisation" in report["tuning"]["kgeditor-untrained"]["about"] and 0 <= row["succ@1"] <= 1

@@ -33,9 +33,24 @@ __all__ = ["BenchmarkConfig", "benchmark_edits", "kge_methods", "search_space", 
 REPORTED = ("time_per_edit_s", "succ@1", "succ@3", "er_roc", "rk@3", "rk_roc")
 
 
+def _variants() -> dict[str, dict[str, Any]]:
+    table = json.loads(resources.files("deltakg").joinpath("configs/edit_variants.json").read_text())
+    return {name: spec for name, spec in table.items() if not name.startswith("_")}
+
+
 def kge_methods() -> list[str]:
-    """The registered editors of the KG model family."""
-    return sorted(name for name, cls in EDITORS.items() if "kge" in cls.families)
+    """The registered editors of the KG model family, then their named variants (deltakg/configs/edit_variants.json)."""
+    base = sorted(name for name, cls in EDITORS.items() if "kge" in cls.families)
+    return base + sorted(name for name, spec in _variants().items() if spec["method"] in base)
+
+
+def _resolve(name: str, dataset: str) -> tuple[str, dict[str, Any], str | None]:
+    """(registered method, fixed settings, description) of a method or variant name."""
+    spec = _variants().get(name)
+    if spec is None:
+        return name, {}, None
+    settings = {**spec.get("settings", {}), **spec.get("per_dataset", {}).get(dataset.lower(), {})}
+    return spec["method"], settings, spec.get("about")
 
 
 def search_space(method: str) -> dict[str, list]:
@@ -90,7 +105,7 @@ def _candidates(method: str, budget: int, seed: int = 0) -> list[dict[str, Any]]
 
 
 def _editor_for(method: str, settings: dict[str, Any], model_dir: Path, editset: EditSet, seed: int,
-                config: BenchmarkConfig, work: Path) -> tuple[Editor, dict[str, Any]]:
+                config: BenchmarkConfig, work: Path, name: str | None = None) -> tuple[Editor, dict[str, Any]]:
     """An editor of ``method`` with ``settings``; a trainable one is trained on the training view first."""
     from deltakg.kge.model import MaskedEntityModel
 
@@ -98,12 +113,13 @@ def _editor_for(method: str, settings: dict[str, Any], model_dir: Path, editset:
     if not cls.trainable:
         return cls.from_settings(**settings), {}
     view = editset.training_view()
-    out = work / f"{method}-seed{seed}"
+    out = work / f"{name or method}-seed{seed}"
     started = time.perf_counter()
+    options = {"epochs": config.editor_epochs, **settings}  # a variant's own epochs (e.g. 0) win
     metrics = cls.train_pretrained(MaskedEntityModel.from_pretrained(model_dir), view.cases["train"],
                                    view.pool("train"), str(out), dev_cases=view.cases.get("dev"),
                                    dev_stable=view.pool("dev"), max_time_minutes=config.editor_minutes,
-                                   progress=False, seed=seed, epochs=config.editor_epochs, **settings)
+                                   progress=False, seed=seed, **options)
     metrics["train_s"] = round(time.perf_counter() - started, 2)
     return cls.from_pretrained(str(out)), metrics
 
@@ -168,38 +184,46 @@ def benchmark_edits(model_dir: str | Path, editset_dir: str | Path, config: Benc
     by_batch: list[dict[str, Any]] = []
     sequential: list[dict[str, Any]] = []
     tuning: dict[str, Any] = {}
+    dataset = fresh().config.dataset
     bar = tqdm(methods, desc="methods", disable=not config.progress)
-    for method in bar:
-        bar.set_postfix_str(method)
+    for name in bar:
+        bar.set_postfix_str(name)
+        method, fixed, about = _resolve(name, dataset)
         cls = EDITORS[method]
         started = time.perf_counter()
         # 1. settings on dev (trainable methods: their config defaults, trained once per seed below)
         tried = []
-        candidates = _candidates(method, config.tune_budget) if config.tune and not cls.trainable else [{}]
-        for settings in candidates:
-            editor, _ = _editor_for(method, settings, model_dir, editset, config.seeds[0], config, work)
+        searched = config.tune and not cls.trainable and not fixed
+        for settings in (_candidates(method, config.tune_budget) if searched else [{}]):
+            settings = {**fixed, **settings}
+            if cls.trainable:
+                tried.append({"settings": settings})
+                break
+            editor, _ = _editor_for(method, settings, model_dir, editset, config.seeds[0], config, work, name)
             m = run_edits(editor, fresh(), dev, dev_stable, batch_size=config.row_batch_size, check=False).metrics
             tried.append({"settings": settings, "dev_succ@1": m["succ@1"], "dev_rk@3": m["rk@3"], "score": _score(m)})
         best = max(tried, key=lambda t: t["score"])["settings"] if len(tried) > 1 else tried[0]["settings"]
-        tuning[method] = {"tried": tried, "chosen": best,
-                          "note": "trained method: config defaults, not searched" if cls.trainable else None}
+        tuning[name] = {"tried": tried if not cls.trainable else [], "chosen": best, "about": about,
+                        "note": "trained method: config defaults (and the variant's settings), not searched"
+                        if cls.trainable else ("a fixed variant, not searched" if fixed else None)}
+        method_name = name
         # 2. test at every batch size, per seed
         seeds = list(config.seeds) if cls.trainable else [config.seeds[0]]
         per_batch: dict[int, list[dict[str, Any]]] = {int(b): [] for b in config.batch_sizes}
         trained: list[dict[str, Any]] = []
         editors = []
         for seed in seeds:
-            editor, train_metrics = _editor_for(method, best, model_dir, editset, seed, config, work)
+            editor, train_metrics = _editor_for(method, best, model_dir, editset, seed, config, work, name)
             editors.append(editor)
             trained.append(train_metrics)
             for b in per_batch:
                 per_batch[b].append(run_edits(editor, fresh(), test, test_stable, batch_size=b, check=False).metrics)
         for b, runs in per_batch.items():
-            entry = {"method": method, "batch_size": b}
+            entry = {"method": method_name, "batch_size": b}
             for key in REPORTED:
                 entry[key], entry.setdefault("std", {})[key] = _mean_std([r[key] for r in runs])
             by_batch.append(entry)
-        main = next(e for e in by_batch if e["method"] == method and e["batch_size"] == config.row_batch_size)
+        main = next(e for e in by_batch if e["method"] == method_name and e["batch_size"] == config.row_batch_size)
         rows.append({**main, "params": per_batch[config.row_batch_size][0]["params"], "settings": best,
                      "seeds": len(seeds), "deterministic": not cls.trainable,
                      **({"train_s": statistics.fmean(t["train_s"] for t in trained)} if cls.trainable else {})})
@@ -207,8 +231,8 @@ def benchmark_edits(model_dir: str | Path, editset_dir: str | Path, config: Benc
         if config.sequential:
             curve = _sequential_curve(editors[0], fresh(), test, test_stable, config.row_batch_size,
                                       config.sequential)
-            sequential += [{"method": method, **point} for point in curve]
-        log(f"{method}: {time.perf_counter() - started:.1f} s")
+            sequential += [{"method": method_name, **point} for point in curve]
+        log(f"{method_name}: {time.perf_counter() - started:.1f} s")
     available = len(test)
     return {
         "model": str(model_dir),
