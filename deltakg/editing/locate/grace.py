@@ -217,7 +217,9 @@ class GRACE(LocateEditor):
             for _ in range(config.steps):
                 book.values = torch.cat([others[:index], value[None], others[index + 1:]])
                 loss = adapter.target_nll(probe, adapter.forward(probe.inputs)).mean()
-                if float(loss.detach()) < config.stop_nll:
+                # no gradient: an earlier position of the prompt already falls in another entry's radius, so this
+                # value never reaches the target; the edit then fails visibly (Succ@k) instead of raising
+                if float(loss.detach()) < config.stop_nll or not loss.requires_grad:
                     break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
