@@ -82,3 +82,22 @@ def test_variants_are_rows_with_their_fixed_settings(bench_set, capsys):
     row = report["rows"][1]
     assert row["method"] == "kgeditor-untrained" and row["settings"] == {"epochs": 0} and not row["deterministic"]
     assert "initialisation" in report["tuning"]["kgeditor-untrained"]["about"] and 0 <= row["succ@1"] <= 1
+
+
+def test_edit_suite_benchmark_smoke(tmp_path):
+    """benchmarks/edit_suite.py builds a set, benchmarks it and aggregates over sets (tiny sizes)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "edit_suite.py"
+    result = subprocess.run([sys.executable, str(script), "--dataset", "nations", "--smoke", "--kinds", "edit",
+                             "--set-seeds", "0", "--seeds", "0", "--methods", "ft", "--batch-sizes", "2",
+                             "--sequential", "3", "--out", str(tmp_path / "suite")],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = {row["method"]: row for row in payload["kinds"]["edit"]["rows"]}
+    assert payload["benchmark"] == "edit_suite" and set(rows) == {"zsl", "ft"} and rows["ft"]["sets"] == 1
+    assert payload["kinds"]["edit"]["rk_facts"] == "stable_test" and payload["cpu"]["model"]
+    assert (tmp_path / "suite" / "E-nations-seed0" / "plots" / "edits_batch.png").is_file()
