@@ -185,6 +185,11 @@ def test_kgeditor_trains_saves_and_edits_reversibly(base, tmp_path):
     apply_edit(other, KGETarget(again), KGETarget(again).encode(cases[30:32]))
     apply_edit(loaded, KGETarget(fresh), KGETarget(fresh).encode(cases[30:32]))
     assert _same(_state(fresh), _state(again))
+    # ... and the same as the in-memory editor that training returned (not only two reloads agreeing)
+    third = MaskedEntityModel.from_pretrained(out)
+    editor.prepare(KGETarget(third))
+    apply_edit(editor, KGETarget(third), KGETarget(third).encode(cases[30:32]))
+    assert _same(_state(third), _state(fresh))
 
     report = run_edits(KGEditor.from_pretrained(tmp_path / "editor"), MaskedEntityModel.from_pretrained(out),
                        cases[30:40], stable[:40], batch_size=2)

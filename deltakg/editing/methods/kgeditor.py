@@ -138,6 +138,10 @@ class KGEditor(Editor):
         self._slot_init = {name: named[name].detach().clone() for name in self.slot_names}
         words = model.encoder.get_input_embeddings().weight
         shapes = {name: tuple(named[name].shape) for name in self.edited_names}
+        if self._state is None and self.hypernet is not None:
+            # prepared before (e.g. the editor training returned, now on a fresh copy of the model): keep what
+            # it learnt instead of building a new, untrained hypernetwork
+            self._state = {k: v.detach().clone() for k, v in self.hypernet.state_dict().items()}
         self.hypernet = KEHypernetwork(
             words, shapes, pad_id=model.config.special_ids["pad"], lstm_hidden=self.config.lstm_hidden,
             cond_dim=self.config.cond_dim, hidden=self.config.hidden, init_step=self.config.init_step,
