@@ -7,7 +7,8 @@ import contextlib
 import sys
 
 from ._common import (CommandError, add_command, add_dataset_args, add_json_arg, add_model_layout_args,
-                      add_progress_arg, add_training_args, emit, layout_kwargs, positive_int, train_config)
+                      add_progress_arg, add_training_args, emit, fraction, layout_kwargs, positive_float,
+                      positive_int, train_config)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,6 +37,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                           help="bf16: encoder in bfloat16 autocast, scores in float32; auto: bf16 where a one-time "
                                "probe on this device finds it faster, else fp32 (the choice is printed)")
+    knn = evaluate.add_argument_group("kNN-KGE (a datastore of the training queries mixed into the model's "
+                                      "entity distribution; --json adds a 'knn' object beside the model alone)")
+    knn.add_argument("--knn", action="store_true", help="also rank with the kNN mixture (encoder in fp32 "
+                                                       "unless --precision bf16)")
+    knn.add_argument("--knn-k", type=positive_int, default=None, help="neighbours (default: chosen on valid)")
+    knn.add_argument("--knn-lambda", type=fraction, default=None,
+                     help="weight of p_knn in the mixture (default: chosen on valid, grid 0.1..0.9)")
+    knn.add_argument("--knn-temperature", type=positive_float, default=None,
+                     help="softmax temperature over squared L2 distances (default: chosen on valid)")
+    knn.add_argument("--knn-valid-subset", type=positive_int, default=1000,
+                     help="seeded valid triples the choice is made on")
     add_progress_arg(evaluate)
     add_json_arg(evaluate)
     evaluate.set_defaults(func=_evaluate)
@@ -72,14 +84,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     kg = load_kg(args)
     if args.split not in kg.splits:
         raise CommandError(f"--split: dataset {kg.name!r} has no split {args.split!r} (has {', '.join(kg.splits)})")
-    payload = evaluate_model(model, kg, args.split, filtered=not args.raw, batch_size=args.batch_size,
-                             precision=args.precision, progress=not args.no_progress)
+    if args.knn:
+        from knn.link_prediction import evaluate_model_knn
+
+        payload = evaluate_model_knn(model, kg, args.split, k=args.knn_k, lam=args.knn_lambda,
+                                     temperature=args.knn_temperature, filtered=not args.raw,
+                                     valid_subset=args.knn_valid_subset,
+                                     precision="bf16" if args.precision == "bf16" else "fp32",
+                                     progress=not args.no_progress)
+    else:
+        payload = evaluate_model(model, kg, args.split, filtered=not args.raw, batch_size=args.batch_size,
+                                 precision=args.precision, progress=not args.no_progress)
     rows = [("both", payload)] + [(side, payload[side]) for side in ("head", "tail") if side in payload]
+    if args.knn:
+        knn = payload["knn"]
+        rows = [("model", payload), ("+kNN", knn)] + [(f"{side} +kNN", knn[side]) for side in ("head", "tail")]
     text = [f"{kg.name} {args.split} ({'raw' if args.raw else 'filtered'}, realistic ranks, {payload['precision']})"]
     if "precision_choice" in payload:
         text.append(f"  precision: auto -> {payload['precision']} ({payload['precision_choice']['reason']})")
+    if args.knn:
+        knn = payload["knn"]
+        text.append(f"  kNN: k {knn['k']}, lambda {knn['lambda']}, T {knn['temperature']:.4g} "
+                    f"({', '.join(f'{n} {how}' for n, how in knn['set_by'].items())}); "
+                    f"{knn['store_entries']} training queries in the store")
+    width = 10 if args.knn else 5
     text += [
-        f"  {name:<5} MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  H@1 {m['hits@1']:.4f}  H@3 {m['hits@3']:.4f}  "
+        f"  {name:<{width}} MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  H@1 {m['hits@1']:.4f}  H@3 {m['hits@3']:.4f}  "
         f"H@10 {m['hits@10']:.4f}"
         for name, m in rows
     ]
