@@ -2,5 +2,6 @@
 
 from .ft import FineTune
 from .kgeditor import KGEditor, KGEditorConfig
+from .knn_memory import KNNMemory, KNNMemoryConfig
 
-__all__ = ["FineTune", "KGEditor", "KGEditorConfig"]
+__all__ = ["FineTune", "KGEditor", "KGEditorConfig", "KNNMemory", "KNNMemoryConfig"]
