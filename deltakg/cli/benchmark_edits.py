@@ -28,13 +28,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--editset", required=True, help="an edit-set folder with dev and test cases")
     bench.add_argument("--methods", default="all",
                        help=f"all, or a comma-separated list of: {', '.join(kge_methods())}")
-    bench.add_argument("--batch-sizes", type=int_list, default=[1, 2, 4, 8, 16, 32],
+    bench.add_argument("--batch-sizes", type=int_list, default="1,2,4,8,16,32",
                        help="edits per batch to report (each batch on the unedited model)")
     bench.add_argument("--main-batch-size", type=positive_int, default=None,
                        help="the batch size of the table's rows and of tuning (default: 2 if listed, else the first)")
     bench.add_argument("--sequential", type=non_negative_int, default=0,
                        help="also apply this many test edits one batch after another (0: no sequential run)")
-    bench.add_argument("--seeds", type=_seed_list, default=[0, 1, 2],
+    bench.add_argument("--seeds", type=_seed_list, default="0,1,2",
                        help="training seeds of trainable methods (deterministic methods run once)")
     bench.add_argument("--tune-budget", type=positive_int, default=6,
                        help="settings tried per method on dev (grids: deltakg/configs/edit_search.json)")
