@@ -37,8 +37,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                           help="bf16: encoder in bfloat16 autocast, scores in float32; auto: bf16 where a one-time "
                                "probe on this device finds it faster, else fp32 (the choice is printed)")
-    knn = evaluate.add_argument_group("kNN-KGE (a datastore of the training queries mixed into the model's "
-                                      "entity distribution; --json adds a 'knn' object beside the model alone)")
+    knn = evaluate.add_argument_group("kNN-KGE", "a datastore of the training queries mixed into the model's "
+                                                 "entity distribution; --json adds a 'knn' object beside the model "
+                                                 "alone")
     knn.add_argument("--knn", action="store_true", help="also rank with the kNN mixture (encoder in fp32 "
                                                        "unless --precision bf16)")
     knn.add_argument("--knn-k", type=positive_int, default=None, help="neighbours (default: chosen on valid)")
