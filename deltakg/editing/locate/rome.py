@@ -75,10 +75,19 @@ class ROMEConfig(ValueConfig):
     stats_keys: int | None = None  # keys the statistics are estimated from
     stats_dir: str | None = None  # statistics cache (default $DELTAKG_CACHE/stats)
     progress: bool | None = None
+    # rank-one updates per edit: a later pass re-optimises the value under the updated weights and corrects
+    # what the first update changed elsewhere in the prompt (a pass whose target is already met adds nothing)
+    passes: int | None = None
+
+    def validate(self) -> None:
+        """Check the resolved fields."""
+        super().validate()
+        if self.passes is not None and self.passes <= 0:
+            raise ValueError(f"passes must be > 0, got {self.passes}")
 
 
 ROME_DEFAULTS: dict[str, dict[str, Any]] = {
-    "*": VALUE_DEFAULTS,
+    "*": {**VALUE_DEFAULTS, "passes": 1},
     "gpt2": {"layer": 1},
     "llama": {"layer": 1},
     "bert": {"layer": -1},
@@ -192,7 +201,10 @@ class ROME(LocateEditor):
             for i in range(adapter.requests_count(cases)):
                 one = adapter.select(cases, [i])
                 key = compute_keys(adapter, one, layer, config.key_position, prefixes)[0]
-                delta, _ = optimise_values(adapter, one, layer, config, prefixes)
-                add_to_weight(adapter, layer, rank_one_update(key, delta[0], mom2.to(key.device)))
+                for _ in range(config.passes):
+                    delta, _ = optimise_values(adapter, one, layer, config, prefixes)
+                    if not bool(delta.any()):
+                        break  # the target is met already
+                    add_to_weight(adapter, layer, rank_one_update(key, delta[0], mom2.to(key.device)))
         finally:
             adapter.model.train(was_training)
