@@ -44,8 +44,8 @@ def train_kg(folder: Path, config: KGStage, *, progress: bool) -> dict[str, Any]
             "layout": f"tiny encoder ({config.layers} layer), no texts, inverse relations, entity readout"}
 
 
-def train_pykeen(budget_s: float, seed: int, *, progress: bool) -> dict[str, Any]:
-    """PyKEEN ComplEx trained on UMLS for ``budget_s`` seconds (whole epochs), scored by PyKEEN's evaluator."""
+def train_pykeen(budget_s: float, seed: int, *, progress: bool, dataset: str = DATASET) -> dict[str, Any]:
+    """PyKEEN ComplEx trained on ``dataset`` for ``budget_s`` seconds (whole epochs), scored by PyKEEN's evaluator."""
     import contextlib
     import sys
 
@@ -60,7 +60,7 @@ def train_pykeen(budget_s: float, seed: int, *, progress: bool) -> dict[str, Any
 
     from kg_data import load_dataset, to_pykeen
 
-    kg = load_dataset(DATASET)
+    kg = load_dataset(dataset)
     base = to_pykeen(kg, "train")
     train = TriplesFactory(mapped_triples=base.mapped_triples, entity_to_id=base.entity_to_id,
                            relation_to_id=base.relation_to_id, create_inverse_triples=True)
