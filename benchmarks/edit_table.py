@@ -11,7 +11,7 @@ All rows edit the **test** cases and judge locality on the set's stable facts. T
 only (the KGEditor training time is reported separately). Prints one JSON line; a Markdown table goes to
 stderr.
 
-    python benchmarks/edit_table.py --editset /tmp/e-wn18rr --editset /tmp/a-wn18rr [--editor-epochs N]
+    python benchmarks/edit_table.py --editset runs/e-wn18rr --editset runs/a-wn18rr [--editor-epochs N]
 """
 
 from __future__ import annotations
