@@ -23,7 +23,7 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 
 # command groups, in the order ``deltakg --help`` lists them: module ``deltakg.cli.<name>`` with ``register``
-COMMAND_MODULES = ("demo", "data", "kge", "editsets", "editing", "benchmark_edits", "llm", "llm_edit")
+COMMAND_MODULES = ("demo", "data", "kge", "editsets", "editing", "benchmark_edits", "llm", "llm_edit", "knn_classify")
 
 
 def build_parser() -> argparse.ArgumentParser:
