@@ -1,4 +1,5 @@
-"""knn: a k-NN datastore (torch / faiss), k-NN calibration of classifiers and a scikit-learn k-NN estimator.
+"""knn: a k-NN datastore (torch / faiss), k-NN calibration of classifiers, a scikit-learn k-NN estimator and
+k-NN calibrated text classification (``knn.text_tasks``, ``knn.text_model``, ``knn.text_classify``).
 
 Public names are imported lazily, so that ``import knn`` stays cheap (faiss and scikit-learn load on use).
 """
@@ -21,6 +22,11 @@ _EXPORTS = {
     "accuracy": "knn.calibration",
     "LAMBDA_GRID": "knn.calibration",
     "KNNClassifier": "knn.estimator",
+    "ClassifyConfig": "knn.text_classify",
+    "run_classification": "knn.text_classify",
+    "TextClassifier": "knn.text_model",
+    "TASKS": "knn.text_tasks",
+    "load_splits": "knn.text_tasks",
 }
 
 __all__ = sorted(_EXPORTS)
