@@ -18,7 +18,8 @@ subject_last / last). Settings: ``--ours METHOD.FIELD=VALUE`` (a field of our co
 ``--peer-set METHOD.FIELD=VALUE`` (an EasyEdit hyperparameter). Prints one JSON line: per method and key
 position, each side's reliability, generalization, locality, portability, exact_match, success, fluency and
 time_per_edit_s, with the pre-edit values under ``pre``, plus the machine's CPU and fp32 matmul GFLOP/s.
-Without the peer it prints a ``skipped`` line.
+Without the peer it prints a ``skipped`` line. ``--partial FILE`` also appends each side's result to FILE
+as soon as it is measured (a long run that is stopped keeps what it finished).
 """
 
 from __future__ import annotations
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--fluency-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--partial", default=None, metavar="FILE.jsonl",
+                        help="append each side's result as one JSON line as soon as it is measured, so that a "
+                        "long run that is stopped keeps what it finished")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -203,9 +207,19 @@ def main() -> None:
     stats_dir = tempfile.mkdtemp(prefix="llm-edit-stats-")
 
     results: dict[str, dict[str, Any]] = {}
+
+    def keep(name: str, side: str, value: dict[str, Any]) -> None:
+        """Store one side's result; with --partial also append it to that file at once."""
+        results.setdefault(name, {})[side] = value
+        if args.partial:
+            with open(args.partial, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"mode": args.mode, "seed": args.seed, "n_edits": len(requests),
+                                      "result": name, "side": side, **value}) + "\n")
+
     for method in methods:
         for position in (positions if method in KEYED else [None]):
-            row = results.setdefault(method if position is None else f"{method}/{position}", {})
+            name = method if position is None else f"{method}/{position}"
+            results.setdefault(name, {})  # keeps the order of methods and key positions
             if "ours" in sides:
                 options = {"progress": False, "stats_dir": stats_dir} if method in KEYED else {}
                 if position is not None:
@@ -217,9 +231,9 @@ def main() -> None:
                 report.rollback()
                 if hasattr(editor, "detach"):
                     editor.detach(target)  # GRACE's codebook hook
-                row["ours"] = {**_round(report.metrics), "pre": _round(report.pre),
-                               "settings": {k: v for k, v in vars(editor.resolved(target)).items()
-                                            if k not in ("progress", "stats_dir")}}
+                keep(name, "ours", {**_round(report.metrics), "pre": _round(report.pre),
+                                    "settings": {k: v for k, v in vars(editor.resolved(target)).items()
+                                                 if k not in ("progress", "stats_dir")}})
             if peer is not None and method in peer_methods:
                 from _easyedit import PeerEditor, peer_hparams, reset_peer_caches
 
@@ -235,10 +249,11 @@ def main() -> None:
                     report = run_llm_edits(editor, target, requests, batch_size=batch_size, sequential=sequential,
                                            metrics=metrics)
                 except Exception as err:  # the peer refusing a setting is a result (e.g. MEMIT's fact_token "last")
-                    row["easyedit"] = {"error": f"{type(err).__name__}: {err}", "settings": shown}
+                    keep(name, "easyedit", {"error": f"{type(err).__name__}: {err}", "settings": shown})
                 else:
                     report.rollback()
-                    row["easyedit"] = {**_round(report.metrics), "pre": _round(report.pre), "settings": shown}
+                    keep(name, "easyedit", {**_round(report.metrics), "pre": _round(report.pre),
+                                            "settings": shown})
             if model_fingerprint(model) != original:
                 raise SystemExit(f"{method}: the model was not restored after its edits")
     if peer is not None:

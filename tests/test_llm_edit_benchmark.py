@@ -79,7 +79,12 @@ def test_benchmark_modes_compare_both_sides(mode, expected, toy_dir) -> None:
 
 
 def test_grace_mode_and_peer_absent(toy_dir, tmp_path) -> None:
-    payload = _run("--mode", "grace", "--model", str(toy_dir), "--n-edits", "2")
+    partial = tmp_path / "partial.jsonl"
+    payload = _run("--mode", "grace", "--model", str(toy_dir), "--n-edits", "2", "--partial", str(partial))
     _check(payload["results"]["grace"]["ours"])
+    kept = [json.loads(line) for line in partial.read_text().splitlines()]  # each side's line, written as it ends
+    assert [(k["result"], k["side"], k["mode"]) for k in kept] == [("grace", "ours", "grace")]
+    assert {k: v for k, v in kept[0].items() if k not in ("mode", "seed", "n_edits", "result", "side")} == \
+        payload["results"]["grace"]["ours"]
     skipped = _run("--model", str(toy_dir), "--n-edits", "2", "--peer-dir", str(tmp_path))
     assert "skipped" in skipped and "EasyEdit not found" in skipped["skipped"]
