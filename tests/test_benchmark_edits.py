@@ -104,18 +104,23 @@ def test_edit_suite_benchmark_smoke(tmp_path):
 
 
 def test_merge_edit_reports_puts_per_method_runs_together(bench_set, tmp_path, capsys):
-    """benchmarks/merge_edit_reports.py: two one-method runs give one table, the curves of both, merged plots."""
+    """benchmarks/merge_edit_reports.py: two one-method runs give one table, the curves of both, merged plots.
+
+    ROME's run also checks that --no-progress silences its key-statistics bar (it did not).
+    """
     import importlib.util
     from pathlib import Path
 
     model, folder = bench_set
     files = []
-    for method in ("ft-l", "grace"):
+    for method in ("ft-l", "rome"):
         assert main(["benchmark-edits", "--model", str(model), "--editset", str(folder), "--methods", method,
                      "--batch-sizes", "2", "--sequential", "4", "--seeds", "0", "--tune-budget", "1",
                      "--json", "--no-progress"]) == 0
+        captured = capsys.readouterr()
+        assert "key statistics" not in captured.err and "%|" not in captured.err
         files.append(tmp_path / f"{method}.json")
-        files[-1].write_text(capsys.readouterr().out)
+        files[-1].write_text(captured.out)
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "merge_edit_reports.py"
     spec = importlib.util.spec_from_file_location("merge_edit_reports", path)
     module = importlib.util.module_from_spec(spec)
@@ -124,12 +129,12 @@ def test_merge_edit_reports_puts_per_method_runs_together(bench_set, tmp_path, c
     captured = capsys.readouterr()
     merged = json.loads(captured.out)
     singles = [json.loads(f.read_text()) for f in files]
-    assert [row["method"] for row in merged["rows"]] == ["zsl", "ft-l", "grace"]
+    assert [row["method"] for row in merged["rows"]] == ["zsl", "ft-l", "rome"]
     assert merged["rows"][1] == singles[0]["rows"][1] and merged["rows"][2] == singles[1]["rows"][1]
     assert merged["sequential"] == singles[0]["sequential"] + singles[1]["sequential"]
-    assert set(merged["tuning"]) == {"ft-l", "grace"}
+    assert set(merged["tuning"]) == {"ft-l", "rome"}
     assert sorted(Path(p).name for p in merged["plots"]) == ["edits_batch_nations.png", "edits_sequential_nations.png"]
-    assert "| grace |" in captured.err and "sequential grace: 4 edits" in captured.err
+    assert "| rome |" in captured.err and "sequential rome: 4 edits" in captured.err
     # a file that is not a report: one line naming it, exit 2
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
