@@ -10,7 +10,6 @@ deterministic, so their spread is zero and the report says so).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import random
@@ -105,13 +104,6 @@ def _candidates(method: str, budget: int, seed: int = 0) -> list[dict[str, Any]]
     return grid[:budget]
 
 
-def _quiet(cls: type[Editor]) -> dict[str, Any]:
-    """The setting that silences a method's own progress bars (ROME/MEMIT key statistics), where it has one."""
-    config = getattr(cls(), "config", None)
-    fields = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else set()
-    return {"progress": False} if "progress" in fields else {}
-
-
 def _editor_for(method: str, settings: dict[str, Any], model_dir: Path, editset: EditSet, seed: int,
                 config: BenchmarkConfig, work: Path, name: str | None = None) -> tuple[Editor, dict[str, Any]]:
     """An editor of ``method`` with ``settings``; a trainable one is trained on the training view first."""
@@ -119,7 +111,7 @@ def _editor_for(method: str, settings: dict[str, Any], model_dir: Path, editset:
 
     cls = EDITORS[method]
     if not cls.trainable:
-        return cls.from_settings(**settings, **({} if config.progress else _quiet(cls))), {}
+        return cls.from_settings(progress=config.progress, **settings), {}
     view = editset.training_view()
     out = work / f"{name or method}-seed{seed}"
     started = time.perf_counter()

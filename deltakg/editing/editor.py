@@ -55,8 +55,11 @@ class Editor(ABC):
         return cls(**options)
 
     @classmethod
-    def from_settings(cls, **settings: Any) -> "Editor":
-        """An untrained editor with these settings (constructor keywords; locate editors: config fields)."""
+    def from_settings(cls, *, progress: bool = True, **settings: Any) -> "Editor":
+        """An untrained editor with these settings (constructor keywords; locate editors: config fields).
+
+        ``progress``: whether the editor's own long steps show a bar (e.g. ROME/MEMIT's key statistics).
+        """
         return cls(**settings)
 
     @classmethod

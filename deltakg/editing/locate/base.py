@@ -39,8 +39,10 @@ class LocateEditor(Editor):
         self._fingerprints: dict[int, str] = {}  # id(model) -> fingerprint of that model before its first edit
 
     @classmethod
-    def from_settings(cls, **settings: Any) -> "LocateEditor":
+    def from_settings(cls, *, progress: bool = True, **settings: Any) -> "LocateEditor":
         """An editor whose config has these fields set; the rest keep their model-type defaults."""
+        if cls.needs_stats and not progress:
+            settings.setdefault("progress", False)  # the key-statistics bar
         return cls(dataclasses.replace(cls().config, **settings))
 
     def adapter(self, target: Any) -> LocateAdapter:
