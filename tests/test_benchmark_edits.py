@@ -35,6 +35,7 @@ def test_config_validation():
         BenchmarkConfig(batch_sizes=[1, 4], main_batch_size=2)
 
 
+@pytest.mark.slow
 def test_benchmark_cli_json_table_plots_and_protocol(bench_set, tmp_path, capsys):
     model, folder = bench_set
     out = tmp_path / "bench"
@@ -84,6 +85,7 @@ def test_variants_are_rows_with_their_fixed_settings(bench_set, capsys):
     assert "initialisation" in report["tuning"]["kgeditor-untrained"]["about"] and 0 <= row["succ@1"] <= 1
 
 
+@pytest.mark.slow
 def test_edit_suite_benchmark_smoke(tmp_path):
     """benchmarks/edit_suite.py builds a set, benchmarks it and aggregates over sets (tiny sizes)."""
     import subprocess
@@ -103,6 +105,7 @@ def test_edit_suite_benchmark_smoke(tmp_path):
     assert (tmp_path / "suite" / "E-nations-seed0" / "plots" / "edits_batch.png").is_file()
 
 
+@pytest.mark.slow  # two benchmark runs with plots, then the merge (~14 s)
 def test_merge_edit_reports_puts_per_method_runs_together(bench_set, tmp_path, capsys):
     """benchmarks/merge_edit_reports.py: two one-method runs give one table, the curves of both, merged plots.
 

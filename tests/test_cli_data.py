@@ -255,6 +255,7 @@ def test_load_triples_benchmark_skips_without_data(tmp_path):
     assert payload["skipped"].startswith("FB15k-237 train file not found: ")
 
 
+@pytest.mark.slow
 def test_memorise_benchmark_smoke():
     """The memorisation benchmark trains on a fixed sample and reports a trace the loss falls along."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "memorise.py"
@@ -272,10 +273,11 @@ def test_memorise_benchmark_smoke():
 
 @pytest.mark.parametrize("compare,kinds,tolerance,extra", [
     ("loss", ("fused", "unfused"), 1e-5, ()),
-    ("last-layer", ("sparse", "full"), 1e-5, ()),
-    ("decoder-dtype", ("bfloat16", "float32"), 1e-2, ()),
+    pytest.param("last-layer", ("sparse", "full"), 1e-5, (), marks=pytest.mark.slow),
+    pytest.param("decoder-dtype", ("bfloat16", "float32"), 1e-2, (), marks=pytest.mark.slow),
     # both forms under the same autocast run the same forward
-    ("optimizer", ("fused_adamw", "adamw"), 0.0, ("--bf16-autocast", "--bound-memory")),
+    pytest.param("optimizer", ("fused_adamw", "adamw"), 0.0, ("--bf16-autocast", "--bound-memory"),
+                 marks=pytest.mark.slow),
 ])
 def test_train_step_benchmark_smoke(compare, kinds, tolerance, extra):
     """The training-step benchmark times two forms of a step on one model, and their losses agree."""
@@ -293,6 +295,7 @@ def test_train_step_benchmark_smoke(compare, kinds, tolerance, extra):
         assert payload[kind]["step_ms"] > 0 and payload[kind]["queries_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_fit_probe_benchmark_smoke():
     """The fit probe trains ours and the MLP reference with one loop and reports train/valid curves and test MRR."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "fit_probe.py"
@@ -309,6 +312,7 @@ def test_fit_probe_benchmark_smoke():
         assert 0 < payload["test_mrr"] <= 1 and 0 < payload["best_valid"]["valid_mrr"] <= 1
 
 
+@pytest.mark.slow
 def test_quality_benchmark_smoke(tmp_path):
     """The equal-budget comparison runs ours and both PyKEEN models on Nations and reports the same metrics."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"

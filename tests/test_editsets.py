@@ -155,6 +155,7 @@ def test_bad_arguments_fail_before_writing(umls, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ E-UMLS
+@pytest.mark.slow  # builds on the module's E-/A-UMLS sets (~95 s of training); the fast suite builds a small one
 def test_edit_build_files_and_counts(e_build, umls):
     out = e_build.out_dir
     for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "stable_train.jsonl", "stable_dev.jsonl",
@@ -183,6 +184,7 @@ def test_edit_build_files_and_counts(e_build, umls):
     print(f"\nE-UMLS build: {e_build.seconds} counts={counts}")
 
 
+@pytest.mark.slow  # builds on the module's E-/A-UMLS sets (~95 s of training); the fast suite builds a small one
 def test_edit_build_invariants(e_build, umls, true_triples):
     loaded = EditSet.load(e_build.out_dir)
     model = MaskedEntityModel.from_pretrained(e_build.model_dir)
@@ -207,6 +209,7 @@ def test_edit_build_invariants(e_build, umls, true_triples):
 
 
 # ------------------------------------------------------------------------------------ A-UMLS
+@pytest.mark.slow  # builds on the module's E-/A-UMLS sets (~95 s of training); the fast suite builds a small one
 def test_add_build_files_counts_and_invariants(a_build, umls):
     out = a_build.out_dir
     loaded = EditSet.load(out)
@@ -229,12 +232,14 @@ def test_add_build_files_counts_and_invariants(a_build, umls):
     print(f"\nA-UMLS build: {a_build.seconds} counts={counts}")
 
 
+@pytest.mark.slow  # builds on the module's E-/A-UMLS sets (~95 s of training); the fast suite builds a small one
 def test_existing_output_needs_overwrite(a_build, umls):
     with pytest.raises(KGDataError, match="already holds an edit set"):
         build_editset(umls, "add", a_build.out_dir, **MODEL, size=A_SIZE, train_config=TrainConfig(**A_TRAIN))
 
 
 # ------------------------------------------------------------------------------------ CLI
+@pytest.mark.slow  # builds on the module's E-/A-UMLS sets (~95 s of training); the fast suite builds a small one
 def test_cli_build_repeats_the_api_build_exactly(a_build, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["editset", "build", "--dataset", "umls", "--kind", "add", "--out", str(out), "--encoder", "tiny",
@@ -306,6 +311,7 @@ def _kgeditor_vs_ft(build: EditSetBuild, tmp_path: Path) -> tuple[dict, dict]:
     return kgeditor, ft
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["edit", "add"])
 def test_kgeditor_beats_ft_on_rk3_at_comparable_succ1(kind, e_build, a_build, tmp_path):
     kgeditor, ft = _kgeditor_vs_ft(e_build if kind == "edit" else a_build, tmp_path)
@@ -318,6 +324,7 @@ def test_kgeditor_beats_ft_on_rk3_at_comparable_succ1(kind, e_build, a_build, tm
     assert kgeditor["succ@1"] >= 0.75
 
 
+@pytest.mark.slow  # builds on the module's E-/A-UMLS sets (~95 s of training); the fast suite builds a small one
 def test_train_editor_never_sees_test_cases_or_stable_test(e_build, tmp_path, capsys, monkeypatch):
     """The protocol: train-editor hands the method a view without the test cases and the stable_test pool."""
     from deltakg.editing.methods.kgeditor import KGEditor
@@ -341,6 +348,7 @@ def test_train_editor_never_sees_test_cases_or_stable_test(e_build, tmp_path, ca
     assert (report["stable_train"], report["stable_dev"]) == ("stable_train", "stable_dev")
 
 
+@pytest.mark.slow  # builds on the module's E-/A-UMLS sets (~95 s of training); the fast suite builds a small one
 def test_edit_table_benchmark_smoke(e_build, capsys):
     """The paper-table benchmark script on the CI E-UMLS set (one editor epoch)."""
     import importlib.util
@@ -358,3 +366,35 @@ def test_edit_table_benchmark_smoke(e_build, capsys):
     assert rows["FT"]["edits"] == rows["KGEditor"]["edits"] == len(EditSet.load(e_build.out_dir).cases["test"])
     assert payload["results"][0]["rk_facts"] == "stable_test"
     assert "| KGEditor |" in captured.err
+
+
+def test_small_add_build_through_the_cli(umls, true_triples, tmp_path, capsys):
+    """The fast suite's build: a small A-UMLS set through the CLI, its files, counts and invariants."""
+    out = tmp_path / "a-small"
+    size, stable = 20, 30
+    assert main(["editset", "build", "--dataset", "umls", "--kind", "add", "--out", str(out), "--encoder", "tiny",
+                 "--no-text", "--layers", "1", "--size", str(size), "--stable-size", str(stable), "--seed", "0",
+                 "--epochs", "2", "--batch-size", "64", "--lr", "3e-3", "--label-smoothing", "0",
+                 "--no-progress", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "stable_train.jsonl", "stable_dev.jsonl",
+                 "stable_test.jsonl", "heldout.tsv", "editset.json", "model/config.json", "model/model.safetensors"):
+        assert (out / name).is_file(), name
+    info = json.loads((out / "editset.json").read_text())
+    assert payload["counts"] == info["counts"] and payload["kind"] == "add" and info["seed"] == 0
+    loaded = EditSet.load(out)
+    counts = info["counts"]
+    assert counts["edit_cases"] == {s: len(loaded.cases[s]) for s in ("train", "dev", "test")}
+    assert counts["edit_cases_total"] == size and all(n > 0 for n in counts["edit_cases"].values())
+    assert counts["stable"] == len(loaded.stable) == stable
+    assert sum(counts["stable_pools"].values()) == stable and loaded.held_out_locality
+    assert 0 < payload["valid_mrr"] <= 1
+
+    model = MaskedEntityModel.from_pretrained(out / "model")
+    cases = [c for split in loaded.cases.values() for c in split]
+    assert all(c.kind == "add" and c.wrong is None for c in cases)
+    assert (_ranks(model, cases) > 1).all()  # an addition is something the model does not yet answer
+    assert (_ranks(model, loaded.stable) == 1).all()  # a stable fact is one it does
+    held = set(read_triples(out / "heldout.tsv"))
+    assert {c.triple for c in cases} <= held <= true_triples
+    assert held <= set(umls.triples("train")) and not held & {f.triple for f in loaded.stable}

@@ -354,6 +354,7 @@ def trained_nations(nations, tmp_path_factory):
     return train_model(nations, out, encoder="tiny", use_text=False, config=config)
 
 
+@pytest.mark.slow
 def test_small_encoder_learns_nations(nations, trained_nations):
     model = MaskedEntityModel.from_pretrained(trained_nations.out)
     with torch.inference_mode():
@@ -364,6 +365,7 @@ def test_small_encoder_learns_nations(nations, trained_nations):
     assert trained_nations.metrics["best_valid_mrr"] > 0.5
 
 
+@pytest.mark.slow
 def test_kvsall_training_learns_nations(nations, tmp_path):
     """KvsAll: each distinct query once per epoch with all its answers; learns as well as 1vsAll on Nations."""
     config = TrainConfig(epochs=12, batch_size=32, progress=False, patience=None, seed=0, train_type="kvsall")
@@ -376,8 +378,8 @@ def test_kvsall_training_learns_nations(nations, tmp_path):
     assert metrics["mrr"] > 0.5, metrics
 
 
-def test_outputs_written(trained_nations):
-    out = trained_nations.out
+def test_outputs_written(nations_base):
+    out = nations_base[0]
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert any((out / "checkpoints").glob("best-*.ckpt"))
     assert (out / "train_metrics.json").is_file()
@@ -390,7 +392,7 @@ def _config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("train_type", ["1vsall", "kvsall"])
+@pytest.mark.parametrize("train_type", [pytest.param("1vsall", marks=pytest.mark.slow), pytest.param("kvsall", marks=pytest.mark.slow)])
 def test_resume_matches_uninterrupted_run(nations, tmp_path, train_type):
     straight = tmp_path / "straight"
     train_model(nations, straight, encoder="tiny", use_text=False, config=_config(epochs=3, train_type=train_type))
@@ -410,6 +412,7 @@ def test_resume_matches_uninterrupted_run(nations, tmp_path, train_type):
     assert [k for k in s1 if not torch.equal(s1[k], s2[k])] == []
 
 
+@pytest.mark.slow  # two trainings (~7 s)
 def test_gradient_checkpointing_trains_the_same_model(nations, tmp_path):
     plain = train_model(nations, tmp_path / "plain", encoder="tiny", use_text=False, config=_config(epochs=1))
     saved = train_model(nations, tmp_path / "ckpt", encoder="tiny", use_text=False,
@@ -431,6 +434,7 @@ class _SendSignal(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+@pytest.mark.slow  # a subprocess training (~19 s on a slow box); test_cli_robustness resumes in the fast suite
 def test_sigterm_leaves_a_checkpoint_that_resumes(nations, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(BaseException):  # Lightning re-raises SIGTERMException after saving
@@ -451,6 +455,7 @@ def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate(trained_nations, capsys):
     code, out, _ = _run_cli(["evaluate", "--model", str(trained_nations.out), "--dataset", "nations",
                              "--split", "test", "--json", "--no-progress"], capsys)
@@ -469,6 +474,7 @@ def test_cli_train_and_evaluate(trained_nations, capsys):
     assert code == 0 and bf16["precision"] == "bf16" and bf16["mrr"] == pytest.approx(payload["mrr"], abs=0.03)
 
 
+@pytest.mark.slow
 def test_cli_train_layout_and_speed_options(nations, tmp_path, capsys):
     code, out, _ = _run_cli(["train", "--dataset", "nations", "--encoder", "tiny", "--no-text", "--inverse-relations",
                              "--readout", "entity", "--compact-input", "--sparse-last-layer", "--fused-loss",

@@ -306,6 +306,7 @@ def test_real_loaders_match_the_provenance(text_dir):
         assert (len(splits.train), len(splits.dev), len(splits.test)) == expected, name
 
 
+@pytest.mark.slow
 def test_few_shot_trec_through_the_cli_with_minilm(text_dir, capsys):
     code, out, err = _run(["knn-classify", "--task", "trec", "--setting", "few-shot", "--seeds", "13", "--epochs",
                            "1", "--max-test", "40", "--data-dir", str(text_dir), "--no-progress", "--json"], capsys)

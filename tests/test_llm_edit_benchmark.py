@@ -62,8 +62,8 @@ def _check(side: dict) -> None:
 
 @pytest.mark.parametrize("mode, expected", [
     ("single", {"rome/subject_last", "memit/subject_last", "ft"}),
-    ("batch", {"memit/subject_last"}),
-    ("sequential", {"rome/subject_last", "memit/subject_last"}),
+    pytest.param("batch", {"memit/subject_last"}, marks=pytest.mark.slow),
+    pytest.param("sequential", {"rome/subject_last", "memit/subject_last"}, marks=pytest.mark.slow),
 ])
 def test_benchmark_modes_compare_both_sides(mode, expected, toy_dir) -> None:
     if not (PEER / "easyeditor").is_dir():
@@ -78,6 +78,7 @@ def test_benchmark_modes_compare_both_sides(mode, expected, toy_dir) -> None:
         assert row["ours"]["pre"] == row["easyedit"]["pre"]  # the same model, requests and metric code
 
 
+@pytest.mark.slow  # another full benchmark process (~12 s); single mode stays in the fast suite
 def test_grace_mode_and_peer_absent(toy_dir, tmp_path) -> None:
     partial = tmp_path / "partial.jsonl"
     payload = _run("--mode", "grace", "--model", str(toy_dir), "--n-edits", "2", "--partial", str(partial))
