@@ -205,8 +205,11 @@ class FaissSearch(SearchBackend):
             self._index.remove_ids(self._faiss.IDSelectorBatch(ids.numpy()))
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # read the search-time knobs on every call, so that changing ``store.index`` needs no rebuild
         if self.index.kind == "hnsw":
             self._faiss.downcast_index(self._index.index).hnsw.efSearch = max(self.index.ef_search, k)
+        elif self.index.kind == "ivf":
+            self._index.nprobe = min(self.index.nprobe, self.index.nlist)
         dist, ids = self._index.search(_as_faiss(queries), k)
         dist, ids = torch.from_numpy(dist), torch.from_numpy(ids)
         if self.metric == "cosine":

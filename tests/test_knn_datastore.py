@@ -230,4 +230,24 @@ def test_benchmark_smoke():
     payload = json.loads(result.stdout.splitlines()[-1])
     assert payload["benchmark"] == "knn_datastore" and payload["matmul_gflops"] > 0
     assert payload["faiss_flat"]["recall_at_k"] == 1.0 and payload["faiss_ivf"]["recall_at_k"] == 1.0
-    assert all(payload[side]["speedup"] > 0 for side in ("torch_exact", "faiss_flat", "faiss_ivf"))
+    assert all(payload[side]["speedup"] > 0 for side in ("torch_exact", "faiss_flat", "faiss_ivf", "faiss_hnsw"))
+    assert payload["faiss_ivf"]["nprobe"] == 16 and "dev_curve" not in payload["faiss_ivf"]  # fixed, not chosen
+
+    # clustered keys, the knobs chosen on dev queries: the smallest grid value reaching the target recall
+    result = subprocess.run([sys.executable, str(script), "--keys", "2000", "--queries", "100", "--dim", "32",
+                             "--repeats", "1", "--threads", "1", "--nlist", "16", "--data", "clusters",
+                             "--clusters", "50", "--dev-queries", "100", "--sides", "torch_exact,faiss_ivf,faiss_hnsw",
+                             "--skip-sklearn"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout.splitlines()[-1])
+    assert payload["data"] == "clusters" and "faiss_flat" not in payload and "sklearn_s" not in payload
+    for side, knob in (("faiss_ivf", "nprobe"), ("faiss_hnsw", "ef_search")):
+        curve = payload[side]["dev_curve"]
+        assert [p[knob] for p in curve] == sorted(p[knob] for p in curve) and curve[-1][knob] == payload[side][knob]
+        assert all(p["recall_at_k"] < 0.95 for p in curve[:-1])
+        assert curve[-1]["recall_at_k"] >= 0.95 or payload[side][knob] == (16 if knob == "nprobe" else 4096)
+        assert 0 < payload[side]["recall_at_k"] <= 1
+
+    bad = subprocess.run([sys.executable, str(script), "--sides", "faiss_flat,annoy"], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "--sides: unknown side(s) annoy" in bad.stderr and "Traceback" not in bad.stderr
