@@ -72,9 +72,8 @@ SMALL = ("umls", "nations", "kinships")
 # ours: CoKE-like masked-entity transformer; the base is the paper's layout with `deltakg train`'s defaults.
 _OURS_BASE = dict(encoder="tiny", layers=2, text=False, init_from_text=None, max_length=64, dropout=None,
                   inverse_relations=False, readout="mask", compact=False, batch_size=128, train_type="1vsall", lr=1e-3,
-                  encoder_lr=None, label_smoothing=0.1, weight_decay=0.01, warmup_steps=0, val_every=1,
-                  val_subset=None, patience=10, precision="auto",
-                  decoder_dtype="auto")
+                  encoder_lr=None, label_smoothing=0.1, weight_decay=0.01, warmup_steps=0, lr_schedule="constant",
+                  val_every=1, val_subset=None, patience=10, precision="auto", decoder_dtype="auto")
 # Small graphs: the tiny encoder without texts (the labels carry little), one layer, decoded at the known entity's
 # token, inverse-relation tokens for head queries, weight decay 0.3. UMLS, 5 minutes: the base reached test MRR
 # 0.886; the entity readout with inverse relations 0.924; with one layer and weight decay 0.3 0.950
@@ -189,6 +188,7 @@ def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str) 
         encoder_lr=cfg["encoder_lr"],
         weight_decay=cfg["weight_decay"],
         warmup_steps=cfg["warmup_steps"],
+        lr_schedule=cfg["lr_schedule"],
         label_smoothing=cfg["label_smoothing"],
         patience=cfg["patience"] or None,
         val_every=cfg["val_every"],
@@ -487,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--label-smoothing", type=float, default=None)
     g.add_argument("--weight-decay", type=float, default=None)
     g.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps")
+    g.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default=None,
+                   help="learning-rate decay to 0 at the end of the time budget (default: constant)")
     g.add_argument("--val-every", type=int, default=None, help="validate ours every N epochs")
     g = p.add_argument_group("PyKEEN (defaults per dataset)")
     g.add_argument("--rotate", default=None, help="overrides KEY=VALUE,... of " + ",".join(ROTATE["umls"]))
@@ -518,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_cfg = dict(OURS[dataset])
     for key in ("encoder", "layers", "text", "init_from_text", "max_length", "dropout", "inverse_relations",
                 "readout", "compact", "batch_size", "train_type", "precision", "decoder_dtype", "lr", "encoder_lr",
-                "label_smoothing", "weight_decay", "warmup_steps", "val_every"):
+                "label_smoothing", "weight_decay", "warmup_steps", "lr_schedule", "val_every"):
         if getattr(args, key) is not None:
             ours_cfg[key] = getattr(args, key)
     if args.encoder not in (None, "tiny", OURS[dataset]["encoder"]) and args.lr is None:

@@ -30,7 +30,7 @@ from kg_data.formats import read_json_object
 
 from . import DECODER_DTYPES
 from .allocator import bound_allocator_caching
-from .lightning import DescriptionPretrainingModule, LinkPredictionModule, TripleDataModule
+from .lightning import LR_SCHEDULES, DescriptionPretrainingModule, LinkPredictionModule, TripleDataModule
 from .model import MaskedEntityModel
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     warmup_steps: int = 0
+    # decay of the learning rate over the run: "constant", "linear" or "cosine" to 0 at the run's end (its planned
+    # steps, or its time budget with max_time_minutes, whichever comes first)
+    lr_schedule: str = "constant"
     patience: int | None = 5
     val_every: int = 1
     val_subset: int | None = None
@@ -105,6 +108,8 @@ class TrainConfig:
             raise KGDataError("must be >= 0", field="pretrain-epochs" if self.pretrain_epochs < 0 else "warmup-steps")
         if self.resume and self.overwrite:
             raise KGDataError("resume and overwrite exclude each other: continue the run, or start afresh", field="out")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise KGDataError(f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}", field="lr-schedule")
         if self.decoder_dtype not in (*DECODER_DTYPES, "auto"):
             raise KGDataError(f"must be one of {', '.join(DECODER_DTYPES)} or auto, got {self.decoder_dtype!r}",
                               field="decoder-dtype")
@@ -343,6 +348,7 @@ def train_model(
         weight_decay=config.weight_decay,
         label_smoothing=config.label_smoothing,
         warmup_steps=config.warmup_steps,
+        lr_schedule=config.lr_schedule,
         fused_loss=config.fused_loss,
         decoder_dtype=config.decoder_dtype,
         fused_optimizer=config.fused_optimizer,
