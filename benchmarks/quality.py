@@ -60,7 +60,7 @@ os.environ["PYKEEN_HOME"] = os.path.join(_TMP, "pykeen")  # PyKEEN's checkpoint 
 
 import torch  # noqa: E402
 
-from deltakg.kge import DECODER_DTYPES  # noqa: E402
+from deltakg.kge import DECODER_DTYPES, LR_SCHEDULES  # noqa: E402
 from deltakg.kge.inputs import READOUTS  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--label-smoothing", type=float, default=None)
     g.add_argument("--weight-decay", type=float, default=None)
     g.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps")
-    g.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default=None,
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="learning-rate decay to 0 at the end of the time budget (default: constant)")
     g.add_argument("--val-every", type=int, default=None, help="validate ours every N epochs")
     g = p.add_argument_group("PyKEEN (defaults per dataset)")

@@ -392,7 +392,8 @@ def _config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("train_type", [pytest.param("1vsall", marks=pytest.mark.slow), pytest.param("kvsall", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("train_type", ["1vsall", "kvsall"])
 def test_resume_matches_uninterrupted_run(nations, tmp_path, train_type):
     straight = tmp_path / "straight"
     train_model(nations, straight, encoder="tiny", use_text=False, config=_config(epochs=3, train_type=train_type))

@@ -251,3 +251,6 @@ def test_benchmark_smoke():
     bad = subprocess.run([sys.executable, str(script), "--sides", "faiss_flat,annoy"], capture_output=True,
                          text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "--sides: unknown side(s) annoy" in bad.stderr and "Traceback" not in bad.stderr
+    no_exact = subprocess.run([sys.executable, str(script), "--sides", "faiss_ivf"], capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert no_exact.returncode == 2 and "name an exact side" in no_exact.stderr

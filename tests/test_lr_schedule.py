@@ -10,7 +10,8 @@ import torch
 from pytorch_lightning.callbacks import Timer
 
 from deltakg.cli import main
-from deltakg.kge.lightning import LR_SCHEDULES, LinkPredictionModule
+from deltakg.kge import LR_SCHEDULES
+from deltakg.kge.lightning import LinkPredictionModule
 from deltakg.kge.model import MaskedEntityModel
 from deltakg.kge.training import TrainConfig, train_model
 from kg_data import KGDataError, load_dataset

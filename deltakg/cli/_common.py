@@ -158,7 +158,7 @@ def layout_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, patience: int, patience_reason: str = "",
                       advanced: bool = True) -> None:
     """The training options of ``TrainConfig`` (``train`` offers all, ``editset build`` the common ones)."""
-    from deltakg.kge import DECODER_DTYPES
+    from deltakg.kge import DECODER_DTYPES, LR_SCHEDULES
 
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=positive_int, default=epochs, help="max epochs")
@@ -184,7 +184,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, patience:
         return
     group.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: no limit)")
     group.add_argument("--weight-decay", type=non_negative_float, default=0.01, help="AdamW weight decay")
-    group.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default="constant",
+    group.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                        help="learning-rate decay to 0 at the run's end: its planned steps or, with --max-time, its "
                             "time budget, whichever comes first (a time-limited decay depends on the machine's speed)")
     group.add_argument("--train-type", choices=("1vsall", "kvsall"), default="1vsall",
@@ -217,7 +217,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, patience:
 _TRAIN_OPTIONS = {
     "epochs": "epochs", "max_steps": "max_steps", "max_time_minutes": "max_time", "batch_size": "batch_size",
     "train_type": "train_type", "fused_loss": "fused_loss", "lr": "lr", "encoder_lr": "encoder_lr",
-    "label_smoothing": "label_smoothing", "weight_decay": "weight_decay", "lr_schedule": "lr_schedule", "val_subset": "val_subset",
+    "label_smoothing": "label_smoothing", "weight_decay": "weight_decay", "lr_schedule": "lr_schedule",
+    "val_subset": "val_subset",
     "pretrain_epochs": "pretrain_epochs", "seed": "seed", "accelerator": "accelerator", "devices": "devices",
     "strategy": "strategy", "num_nodes": "num_nodes", "precision": "precision",
     "gradient_checkpointing": "gradient_checkpointing", "sparse_last_layer": "sparse_last_layer",

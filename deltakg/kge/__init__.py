@@ -11,6 +11,7 @@ from typing import Any
 
 ENCODER_CHOICES = ("minilm", "tiny")
 DECODER_DTYPES = ("float32", "bfloat16")  # of the training loss's decoder products
+LR_SCHEDULES = ("constant", "linear", "cosine")  # learning-rate decay to 0 at the run's end (after any warm-up)
 
 # public name -> submodule that defines it
 _LAZY = {
@@ -21,7 +22,7 @@ _LAZY = {
     "LinkPredictionModule": "lightning", "TripleDataModule": "lightning",
 }
 
-__all__ = ["ENCODER_CHOICES", "DECODER_DTYPES", *_LAZY]
+__all__ = ["ENCODER_CHOICES", "DECODER_DTYPES", "LR_SCHEDULES", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,21 +18,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kg_data import KnowledgeGraph
 
+from . import LR_SCHEDULES
 from .evaluation import FilterIndex, compute_ranks
 from .inputs import HEAD, TAIL
 from .model import MaskedEntityModel
 from .queries import QueryBatch, QueryTable
 
-LR_SCHEDULES = ("constant", "linear", "cosine")
-"""Learning-rate decay over the run (after any warm-up): none, linear to 0, or half a cosine to 0."""
-
+# the decays of LR_SCHEDULES: none, linear to 0, half a cosine to 0
 _DECAYS = {
     "constant": lambda fraction: 1.0,
     "linear": lambda fraction: 1.0 - fraction,
     "cosine": lambda fraction: 0.5 * (1.0 + math.cos(math.pi * fraction)),
 }
 
-__all__ = ["LR_SCHEDULES", "LinkPredictionModule", "DescriptionPretrainingModule", "TripleDataModule",
+__all__ = ["LinkPredictionModule", "DescriptionPretrainingModule", "TripleDataModule",
            "EpochShuffleSampler", "IndexDataset", "TRAIN_TYPES", "both_sides"]
 
 
@@ -167,6 +166,7 @@ class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         self.lr_schedule = lr_schedule
+        self._run_length: tuple[float | None, Timer | None] | None = None  # (planned steps, time-limit timer)
         self.filter_index = FilterIndex(kg.all_triples(), kg.num_entities)
         self.save_hyperparameters(ignore=["model", "kg"])
         self._val = torch.zeros(5, dtype=torch.float64)
@@ -248,11 +248,12 @@ class LinkPredictionModule(_RngStateMixin, pl.LightningModule):
         trainer = self._trainer
         if trainer is None:
             return 0.0
-        fraction = 0.0
-        total = trainer.estimated_stepping_batches
-        if total and total != float("inf"):
-            fraction = step / float(total)
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if self._run_length is None:  # fixed once fitting starts: looked up once, not on every step
+            total = trainer.estimated_stepping_batches
+            timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+            self._run_length = (float(total) if total and total != float("inf") else None, timer)
+        total, timer = self._run_length
+        fraction = step / total if total else 0.0
         remaining = timer.time_remaining("train") if timer is not None else None
         if remaining is not None:
             elapsed = timer.time_elapsed("train")

@@ -28,9 +28,9 @@ from deltakg.serialization import load_checkpoint, write_json
 from kg_data.errors import KGDataError
 from kg_data.formats import read_json_object
 
-from . import DECODER_DTYPES
+from . import DECODER_DTYPES, LR_SCHEDULES
 from .allocator import bound_allocator_caching
-from .lightning import LR_SCHEDULES, DescriptionPretrainingModule, LinkPredictionModule, TripleDataModule
+from .lightning import DescriptionPretrainingModule, LinkPredictionModule, TripleDataModule
 from .model import MaskedEntityModel
 
 log = logging.getLogger(__name__)
