@@ -4,14 +4,18 @@ Both sides edit the SAME toy GPT-2 (``--model`` folder written by ``deltakg llm-
 from ``--dataset`` at the given size) with the SAME requests, and both are applied, timed, measured and rolled
 back by the same code (``llm_editing.editors.run_llm_edits`` with our metrics); EasyEdit is imported from its
 folder at run time (``benchmarks/_easyedit.py``). Requests are edits of single-answer facts the model knows,
-drawn from a ``--split``: the model's known facts are split once (seeded) into a dev part (``--dev-fraction``,
-for choosing settings) and a disjoint test part (for reporting).
+drawn from a ``--split``: the model's known facts are split once (seeded, ``llm_editing.editors.known_split``)
+into a train part (``--train-fraction``, what ``deltakg llm-train-editor`` trains MEND on), a dev part
+(``--dev-fraction``, for choosing settings) and a disjoint test part (for reporting).
 
 Modes:
 - ``single``: each edit applied to the original model, measured, rolled back (ROME, MEMIT, FT);
 - ``batch``: all ``--n-edits`` in one MEMIT batch;
 - ``sequential``: edits accumulate one by one; measured on the final model (ROME, MEMIT);
 - ``grace``: GRACE's sequential edits (ours only).
+
+``--methods ...,mend`` adds our MEND (single and sequential modes; ours only, trained beforehand on the
+train part with ``deltakg llm-train-editor`` and passed as ``--ours mend.pretrained=DIR``).
 
 ROME and MEMIT run at each ``--key-positions`` (ours: subject_last / prompt_last; EasyEdit: fact_token
 subject_last / last). Settings: ``--ours METHOD.FIELD=VALUE`` (a field of our config dataclass) and
@@ -44,8 +48,10 @@ DEFAULT_PEER = REPO.parent / "shared" / "peers" / "EasyEdit-14cea82"
 PEER_ENV = "DELTAKG_EASYEDIT"
 MODES = {"single": ("rome", "memit", "ft"), "batch": ("memit",), "sequential": ("rome", "memit"),
          "grace": ("grace",)}
+# ours-only methods a mode also accepts in --methods (MEND needs --ours mend.pretrained=DIR, from llm-train-editor)
+OPTIONAL = {"single": ("mend",), "batch": (), "sequential": ("mend",), "grace": ()}
 DEFAULT_EDITS = {"single": 100, "batch": 1000, "sequential": 100, "grace": 1000}
-OUR_NAMES = {"rome": "rome", "memit": "memit", "ft": "ft-l", "grace": "grace"}
+OUR_NAMES = {"rome": "rome", "memit": "memit", "ft": "ft-l", "grace": "grace", "mend": "mend"}
 PEER_KEY = {"subject_last": "subject_last", "prompt_last": "last"}
 KEYED = ("rome", "memit")  # methods whose key position matters
 
@@ -110,16 +116,14 @@ def _model(args: argparse.Namespace) -> tuple[Path, dict[str, Any]] | None:
     return folder, {"trained_here": True, **toy.metrics, "n_embd": args.n_embd, "n_layer": args.n_layer}
 
 
-def split_requests(model: Any, tokenizer: Any, facts: list, n_edits: int, split: str, dev_fraction: float,
-                   seed: int) -> list:
-    """``n_edits`` requests from the dev or the test part of the facts the model knows (disjoint parts)."""
-    from llm_editing.editors import known_facts
+def split_requests(model: Any, tokenizer: Any, facts: list, n_edits: int, split: str, train_fraction: float,
+                   dev_fraction: float, seed: int) -> list:
+    """``n_edits`` requests from one part (train / dev / test, disjoint) of the facts the model knows."""
+    from llm_editing.editors import known_facts, known_split
     from llm_editing.facts import edit_requests
 
-    known = known_facts(model, tokenizer, facts)
-    random.Random(20_260_516).shuffle(known)  # one fixed split, whatever --seed draws inside it
-    cut = round(dev_fraction * len(known))
-    pool = known[:cut] if split == "dev" else known[cut:]
+    pool = known_split(known_facts(model, tokenizer, facts), split, train_fraction=train_fraction,
+                       dev_fraction=dev_fraction)
     return edit_requests(pool, n_edits, seed=seed)
 
 
@@ -141,7 +145,8 @@ def main() -> None:
     parser.add_argument("--n-edits", type=int, default=None, help="default: 100 (single, sequential), 1000 (batch, "
                         "grace)")
     parser.add_argument("--split", choices=("dev", "test"), default="test")
-    parser.add_argument("--dev-fraction", type=float, default=0.25)
+    parser.add_argument("--train-fraction", type=float, default=0.15, help="known facts kept for training editors")
+    parser.add_argument("--dev-fraction", type=float, default=0.15, help="known facts for choosing settings")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the mode's methods")
     parser.add_argument("--key-positions", default="subject_last,prompt_last")
     parser.add_argument("--sides", default="ours,easyedit", help="ours, easyedit or both")
@@ -160,9 +165,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(MODES[args.mode])
-    bad = [m for m in methods if m not in MODES[args.mode]]
+    bad = [m for m in methods if m not in MODES[args.mode] + OPTIONAL[args.mode]]
     if bad or not set(sides) <= {"ours", "easyedit"}:
         raise SystemExit(f"--methods/--sides: {bad or sides} not available in mode {args.mode}")
+    if "mend" in methods and "pretrained" not in _by_method(args.ours).get("mend", {}):
+        raise SystemExit("--methods mend needs a trained MEND: --ours mend.pretrained=DIR (deltakg llm-train-editor)")
     positions = [p.strip() for p in args.key_positions.split(",") if p.strip()]
     if not set(positions) <= set(PEER_KEY):
         raise SystemExit(f"--key-positions: choose from {', '.join(PEER_KEY)}")
@@ -197,7 +204,8 @@ def main() -> None:
     facts = read_facts_jsonl(folder / FACTS_FILE)
     corpus = [s for f in facts for s in f.sentences()]
     n_edits = args.n_edits or DEFAULT_EDITS[args.mode]
-    requests = split_requests(model, tokenizer, facts, n_edits, args.split, args.dev_fraction, args.seed)
+    requests = split_requests(model, tokenizer, facts, n_edits, args.split, args.train_fraction, args.dev_fraction,
+                              args.seed)
     target = CausalLMTarget(model, tokenizer, corpus)
     metrics = MetricsConfig(fluency_tokens=args.fluency_tokens)
     ours_set, peer_set = _by_method(args.ours), _by_method(args.peer_set)

@@ -204,6 +204,20 @@ class CausalLMTarget:
         rows = torch.arange(len(probe), device=scores.device)
         return scores[rows, probe.targets].float().log_softmax(dim=-1)
 
+    def condition_inputs(self, requests: Sequence[EditRequest], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``<ground truth> >> <new target> || <prompt>``, right-padded."""
+        rows = [self._ids(f"{r.ground_truth or ''} >> {r.target_new} || {r.prompt}")[:max_length] for r in requests]
+        batch = self._batch(rows)
+        return batch["input_ids"], batch["attention_mask"]
+
+    def condition_embedding(self) -> tuple[torch.Tensor, int]:
+        """The model's input embeddings and the pad id."""
+        return self.model.get_input_embeddings().weight, self.pad_id
+
+    def output_log_probs(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The next-token distribution at every real (non-pad) token, (tokens, vocab)."""
+        return scores[mask].float().log_softmax(dim=-1)
+
     def stat_batches(self, corpus: Iterable[str], batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor],
                                                                                     torch.Tensor]]:
         """Tokenized corpus texts in batches; every real (non-pad) token's key counts."""

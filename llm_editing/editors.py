@@ -11,6 +11,7 @@ or sequentially (edits accumulate; measured once on the final model) and reports
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +24,8 @@ from .adapter import CausalLMTarget
 from .metrics import METRIC_KEYS, LocalityReference, MetricsConfig, evaluate_requests, locality_reference
 from .requests import EditRequest
 
-__all__ = ["llm_editors", "make_editor", "config_class", "run_llm_edits", "LLMEditReport", "FAMILY"]
+__all__ = ["llm_editors", "make_editor", "config_class", "run_llm_edits", "LLMEditReport", "FAMILY", "known_facts",
+           "known_split", "KNOWN_PARTS", "dataset_requests"]
 
 FAMILY = "causal_lm"
 
@@ -34,10 +36,14 @@ def llm_editors() -> dict[str, type[Editor]]:
 
 
 def config_class(cls: type[Editor]) -> type | None:
-    """The config dataclass an editor's constructor takes as ``config`` (None when it takes none)."""
+    """The config dataclass an editor's constructor takes as ``config`` (its ``config_class`` where it declares
+    one, else the constructor's type hint; None when it takes none)."""
     import inspect
     import typing
 
+    declared = getattr(cls, "config_class", None)
+    if declared is not None and dataclasses.is_dataclass(declared):
+        return declared
     hints = typing.get_type_hints(cls.__init__)
     hint = hints.get("config")
     for arg in typing.get_args(hint) or (hint,):
@@ -143,6 +149,28 @@ def known_facts(model: Any, tokenizer: Any, facts: Sequence[Any], *, batch_size:
     hits = exact_match(model, tokenizer, [f.prompt for f in facts], [f.answer for f in facts],
                        MetricsConfig(batch_size=batch_size, fluency_tokens=0))
     return [f for f, hit in zip(facts, hits) if hit]
+
+
+KNOWN_PARTS = ("train", "dev", "test")
+_SPLIT_SEED = 20_260_516  # one fixed split of a model's known facts, whatever seed draws edits inside a part
+
+
+def known_split(known: Sequence[Any], part: str, *, train_fraction: float = 0.15,
+                dev_fraction: float = 0.15) -> list[Any]:
+    """One part of a model's known facts, split once by a fixed shuffle into disjoint train / dev / test parts.
+
+    ``train``: what trainable editors (MEND) learn from; ``dev``: where settings and checkpoints are chosen;
+    ``test``: the only part results are reported on.
+    """
+    if part not in KNOWN_PARTS:
+        raise KGDataError(f"unknown part {part!r}; choose one of {', '.join(KNOWN_PARTS)}", field="split")
+    if not (0 <= train_fraction and 0 <= dev_fraction and train_fraction + dev_fraction < 1):
+        raise KGDataError(f"train and dev fractions must be >= 0 and sum to < 1, got {train_fraction} + "
+                          f"{dev_fraction}", field="split")
+    order = list(known)
+    random.Random(_SPLIT_SEED).shuffle(order)
+    first, second = round(train_fraction * len(order)), round((train_fraction + dev_fraction) * len(order))
+    return {"train": order[:first], "dev": order[first:second], "test": order[second:]}[part]
 
 
 def dataset_requests(model: Any, tokenizer: Any, facts: Sequence[Any], n_edits: int, *, seed: int = 0,

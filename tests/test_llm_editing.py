@@ -107,7 +107,7 @@ def _same(a, b):
 
 
 def test_registry_lists_the_causal_lm_methods():
-    assert set(llm_editors()) >= {"ft-l", "rome", "memit", "grace"}
+    assert set(llm_editors()) >= {"ft-l", "rome", "memit", "grace", "mend", "ke"}
     assert all("causal_lm" in EDITORS[name].families for name in llm_editors())
 
 
@@ -329,3 +329,59 @@ def test_one_triple_edits_the_kg_model_and_the_toy_gpt2_from_one_call_sequence(t
         handle.rollback()
         assert not handle.snapshot.changed()
     assert int(kg_target.ranks(kg_target.encode([EditCase(triple, "tail")]))[0]) >= 1
+
+
+# ------------------------------------------------------------------------------------------ MEND and KE (trained)
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["mend", "ke"])
+def test_trained_editor_learns_on_some_edits_and_installs_others(method, family, toy, llama, tmp_path):
+    """The one MEND / KE (deltakg.editing.locate) on GPT-2's Conv1D and Llama's Linear: trained on 16 edits,
+    judged on 4 others; the trained editor reloads to identical edits; per-batch runs roll back bit-exact."""
+    from deltakg.editing.locate import train_network_editor
+
+    model = toy.model if family == "gpt2" else llama
+    target = _target(model, toy)
+    requests = edit_requests(toy.facts, 20, seed=3, n_locality=1)
+    train, held = requests[:16], requests[16:]
+    locality = [f.prompt + " " + f.answer for f in toy.facts]
+    before = _state(model)
+    editor = make_editor(method, {"epochs": 6, "progress": False, "seed": 0})
+    metrics = train_network_editor(editor, target, train, locality, dev=(held[:2], locality[:8]))
+    assert metrics["history"][-1]["edit_nll"] < metrics["history"][1]["edit_nll"]
+    assert _same(before, model.state_dict())  # training swaps weights in functionally, never writes them
+    report = run_llm_edits(editor, target, held, batch_size=1, metrics=METRICS)
+    assert report.metrics["success"] > report.pre["success"]
+    assert _same(before, model.state_dict())
+    editor.save_pretrained(str(tmp_path / method))
+    again = make_editor(method, {"pretrained": str(tmp_path / method), "progress": False})
+    edited = []
+    for ed in (editor, again):
+        handle = apply_edit(ed, target, target.encode(held[:1]), check=False)
+        edited.append(_state(model))
+        handle.rollback()
+    assert _same(*edited) and not _same(edited[0], before)
+
+
+def test_cli_llm_train_editor_then_llm_edit_with_mend(toy, tmp_path, capsys):
+    from llm_editing.toy import save_toy_model
+
+    folder = save_toy_model(toy, tmp_path / "toy")
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in _requests(toy.facts, 2)))
+    capsys.readouterr()  # the save's progress bar
+    code = main(["llm-edit", "--model", str(folder), "--edits", str(edits), "--method", "mend", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "llm-train-editor" in err  # an untrained MEND is refused
+    code = main(["llm-train-editor", "--model", str(folder), "--method", "mend", "--out", str(tmp_path / "mend"),
+                 "--train-fraction", "0.5", "--dev-fraction", "0.25", "--n-dev", "3", "--set", "epochs=2",
+                 "--no-progress", "--json"])
+    trained = json.loads(capsys.readouterr().out)
+    assert code == 0 and trained["train_edits"] >= 8 and trained["dev_edits"] >= 2
+    assert [r["epoch"] for r in trained["history"]][:2] == [0, 1]
+    code = main(["llm-edit", "--model", str(folder), "--edits", str(edits), "--method", "mend", "--json",
+                 "--no-progress", "--set", f"pretrained={tmp_path / 'mend'}"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["method"] == "mend" and out["edits"] == 2
+    assert main(["llm-train-editor", "--model", str(folder), "--method", "mend", "--out",
+                 str(tmp_path / "mend")]) == 2  # not empty
+    assert "not empty" in capsys.readouterr().err

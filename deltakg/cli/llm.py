@@ -10,8 +10,9 @@ from ._common import (CommandError, add_command, add_dataset_args, add_json_arg,
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``llm-train-toy``."""
+    """Add ``llm-train-toy`` and ``llm-train-editor``."""
     register_train_toy(commands)
+    register_train_editor(commands)
 
 
 def register_train_toy(commands: argparse._SubParsersAction) -> None:
@@ -69,3 +70,80 @@ def _train_toy(args: argparse.Namespace) -> int:
             f"(rephrased prompts {m['reproduced_rephrased']:.3f})")
     emit(args, payload, text)
     return 0
+
+
+def register_train_editor(commands: argparse._SubParsersAction) -> None:
+    """``llm-train-editor``: train a trainable causal-LM editor (MEND) on the train part of a model's known facts."""
+    from llm_editing.editors import llm_editors
+
+    trainable = sorted(name for name, cls in llm_editors().items() if cls.trainable)
+    parser = add_command(commands, "llm-train-editor",
+                         "train an editor network (e.g. MEND) for a causal LM on edits of the train part of the facts "
+                         "it knows (checkpoint chosen on the dev part; the test part is never read) and save it")
+    parser.add_argument("--model", required=True, metavar="PATH", help="a toy model folder (deltakg llm-train-toy)")
+    parser.add_argument("--method", required=True, choices=trainable, help="the editor to train")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the trained editor")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    parser.add_argument("--n-edits", type=positive_int, default=None, metavar="N",
+                        help="training edits (default: every editable fact of the train part)")
+    parser.add_argument("--n-dev", type=positive_int, default=50, metavar="N", help="dev edits for checkpoint choice")
+    parser.add_argument("--train-fraction", type=positive_float, default=0.15, help="share of known facts for training")
+    parser.add_argument("--dev-fraction", type=positive_float, default=0.15, help="share of known facts for dev")
+    parser.add_argument("--set", dest="options", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="a field of the method's config dataclass, e.g. --set epochs=10 --set lr=1e-3")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the drawn edits and of the editor")
+    add_progress_arg(parser)
+    add_json_arg(parser)
+    parser.set_defaults(func=_train_editor)
+
+
+def _option(value: str):
+    from .llm_edit import _option as parse
+
+    return parse(value)
+
+
+def _train_editor(args: argparse.Namespace) -> int:
+    from llm_editing.adapter import CausalLMTarget
+    from llm_editing.editors import known_facts, known_split, make_editor
+    from llm_editing.facts import edit_requests
+    from deltakg.editing.locate.network import train_network_editor as train_mend
+
+    from .llm_edit import _load
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, expected a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise CommandError(f"--out {out} is not empty (pass --overwrite to write into it)")
+    options = {"seed": args.seed, "progress": not args.no_progress, **dict(args.options)}
+    editor = make_editor(args.method, options)
+    model, tokenizer, facts = _load(args.model)
+    if not facts:
+        raise CommandError(f"--model: {args.model} has no facts.jsonl (the facts it was trained on)")
+    known = known_facts(model, tokenizer, facts)
+    parts = {part: known_split(known, part, train_fraction=args.train_fraction, dev_fraction=args.dev_fraction)
+             for part in ("train", "dev")}
+    train = edit_requests(parts["train"], min(args.n_edits or len(parts["train"]), _editable(parts["train"])),
+                          seed=args.seed)
+    dev = edit_requests(parts["dev"], min(args.n_dev, _editable(parts["dev"])), seed=args.seed)
+    # the KL inputs: the train part's own facts as text (never a dev or test fact)
+    locality = [f"{f.prompt} {f.answer}" for f in parts["train"]]
+    target = CausalLMTarget(model, tokenizer)
+    metrics = train_mend(editor, target, train, locality, dev=(dev, [f"{f.prompt} {f.answer}" for f in parts["dev"]]))
+    editor.save_pretrained(str(out))
+    payload = {"out": str(out), "method": args.method, "train_edits": len(train), "dev_edits": len(dev),
+               **{k: v for k, v in metrics.items() if k != "history"}, "history": metrics["history"]}
+    best = next(r for r in metrics["history"] if r["epoch"] == metrics["best_epoch"])
+    emit(args, payload, f"{args.method} trained on {len(train)} edits in {metrics['seconds']:.0f} s "
+                        f"(best epoch {metrics['best_epoch']}, dev edit NLL {best.get('dev_edit_nll', float('nan')):.3f}, "
+                        f"dev KL {best.get('dev_kl', float('nan')):.4f}); saved to {out}")
+    return 0
+
+
+def _editable(facts) -> int:
+    """How many of ``facts`` have another answer of their relation to be edited to."""
+    answers: dict[str, set[str]] = {}
+    for f in facts:
+        answers.setdefault(f.triple.relation, set()).add(f.answer)
+    return sum(1 for f in facts if len(answers[f.triple.relation]) > 1)

@@ -86,6 +86,9 @@ def _llm_edit(args: argparse.Namespace) -> int:
     if args.key_position:
         options["key_position"] = args.key_position
     editor = make_editor(args.method, options)  # a bad option fails before the model loads
+    if type(editor).trainable and not options.get("pretrained"):
+        raise CommandError(f"--method {args.method} needs a trained editor: --set pretrained=DIR (train one with "
+                           f"deltakg llm-train-editor --method {args.method})")
     model, tokenizer, trained_on = _load(args.model)
     if args.dataset:
         facts = load_facts(args.dataset, args.data_dir)

@@ -87,6 +87,16 @@ class LocateAdapter(Protocol):
     def essence_log_probs(self, probe: Probe, scores: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of the essence rows' predicted distribution, (rows, classes)."""
 
+    def condition_inputs(self, requests: Any, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask of KE's condition text per request (``<old> >> <new> || <query>``)."""
+
+    def condition_embedding(self) -> tuple[torch.Tensor, int]:
+        """The input embedding table KE's condition encoder starts from, and its pad id."""
+
+    def output_log_probs(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the output distributions that count, (rows, classes), for a stat batch's
+        ``(inputs, mask)`` and the scores of :meth:`forward` on them (MEND's locality KL)."""
+
     def stat_batches(self, corpus: Iterable[Any], batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor],
                                                                                     torch.Tensor]]:
         """Model inputs of a corpus and a (batch, positions) bool mask of the positions whose keys count."""

@@ -105,6 +105,21 @@ class KGELocateAdapter:
         """Log-softmax over entities."""
         return scores.float().log_softmax(dim=-1)
 
+    def condition_inputs(self, requests: EncodedFacts, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``<wrong> >> <target> || <query text>`` in the base vocabulary."""
+        encoded = self.model.tokenizer(self.target.condition_texts(requests), padding=True, truncation=True,
+                                       max_length=max_length, return_tensors="pt")
+        device = self.model.entity_bias.device
+        return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+
+    def condition_embedding(self) -> tuple[torch.Tensor, int]:
+        """The encoder's word embeddings and its pad id."""
+        return self.model.encoder.get_input_embeddings().weight, int(self.model.config.special_ids["pad"])
+
+    def output_log_probs(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One entity distribution per query (the mask only marks where its key is)."""
+        return scores.float().log_softmax(dim=-1)
+
     def _encode_corpus(self, items: Sequence[Any]) -> EncodedFacts:
         if hasattr(items[0], "triple"):  # EditCase / StableFact
             return self.target.encode(list(items))
