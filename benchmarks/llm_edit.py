@@ -14,8 +14,8 @@ Modes:
 - ``sequential``: edits accumulate one by one; measured on the final model (ROME, MEMIT);
 - ``grace``: GRACE's sequential edits (ours only).
 
-``--methods ...,mend`` adds our MEND (single and sequential modes; ours only, trained beforehand on the
-train part with ``deltakg llm-train-editor`` and passed as ``--ours mend.pretrained=DIR``).
+``--methods ...,mend,ke`` adds our MEND / KE (single and sequential modes; ours only, trained beforehand on
+the train part with ``deltakg llm-train-editor`` and passed as ``--ours mend.pretrained=DIR``).
 
 ROME and MEMIT run at each ``--key-positions`` (ours: subject_last / prompt_last; EasyEdit: fact_token
 subject_last / last). Settings: ``--ours METHOD.FIELD=VALUE`` (a field of our config dataclass) and
@@ -48,10 +48,10 @@ DEFAULT_PEER = REPO.parent / "shared" / "peers" / "EasyEdit-14cea82"
 PEER_ENV = "DELTAKG_EASYEDIT"
 MODES = {"single": ("rome", "memit", "ft"), "batch": ("memit",), "sequential": ("rome", "memit"),
          "grace": ("grace",)}
-# ours-only methods a mode also accepts in --methods (MEND needs --ours mend.pretrained=DIR, from llm-train-editor)
-OPTIONAL = {"single": ("mend",), "batch": (), "sequential": ("mend",), "grace": ()}
+# ours-only methods a mode also accepts in --methods (trained editors: --ours NAME.pretrained=DIR, llm-train-editor)
+OPTIONAL = {"single": ("mend", "ke"), "batch": (), "sequential": ("mend", "ke"), "grace": ()}
 DEFAULT_EDITS = {"single": 100, "batch": 1000, "sequential": 100, "grace": 1000}
-OUR_NAMES = {"rome": "rome", "memit": "memit", "ft": "ft-l", "grace": "grace", "mend": "mend"}
+OUR_NAMES = {"rome": "rome", "memit": "memit", "ft": "ft-l", "grace": "grace", "mend": "mend", "ke": "ke"}
 PEER_KEY = {"subject_last": "subject_last", "prompt_last": "last"}
 KEYED = ("rome", "memit")  # methods whose key position matters
 
@@ -168,8 +168,10 @@ def main() -> None:
     bad = [m for m in methods if m not in MODES[args.mode] + OPTIONAL[args.mode]]
     if bad or not set(sides) <= {"ours", "easyedit"}:
         raise SystemExit(f"--methods/--sides: {bad or sides} not available in mode {args.mode}")
-    if "mend" in methods and "pretrained" not in _by_method(args.ours).get("mend", {}):
-        raise SystemExit("--methods mend needs a trained MEND: --ours mend.pretrained=DIR (deltakg llm-train-editor)")
+    for trained in ("mend", "ke"):
+        if trained in methods and "pretrained" not in _by_method(args.ours).get(trained, {}):
+            raise SystemExit(f"--methods {trained} needs a trained editor: --ours {trained}.pretrained=DIR "
+                             f"(deltakg llm-train-editor --method {trained})")
     positions = [p.strip() for p in args.key_positions.split(",") if p.strip()]
     if not set(positions) <= set(PEER_KEY):
         raise SystemExit(f"--key-positions: choose from {', '.join(PEER_KEY)}")

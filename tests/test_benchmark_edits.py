@@ -143,3 +143,17 @@ def test_merge_edit_reports_puts_per_method_runs_together(bench_set, tmp_path, c
     bad.write_text("{not json")
     assert module.main([str(bad)]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_trained_network_editors_are_benchmark_rows(bench_set, capsys):
+    """MEND and KE train on the set's train cases + stable_train (dev chooses the epoch) inside the benchmark."""
+    model, folder = bench_set
+    assert main(["benchmark-edits", "--model", str(model), "--editset", str(folder), "--methods", "mend,ke",
+                 "--batch-sizes", "2", "--seeds", "0", "--editor-epochs", "2", "--json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {row["method"]: row for row in report["rows"]}
+    assert set(rows) == {"zsl", "mend", "ke"}
+    for name in ("mend", "ke"):
+        assert rows[name]["params"]["trainable"] > 0 and not rows[name]["deterministic"]
+        assert 0 <= rows[name]["succ@1"] <= 1 and rows[name]["train_s"] > 0
