@@ -241,6 +241,14 @@ def select_facts(facts: Sequence[Fact], n: int | None, *, seed: int = 0) -> list
     return order[:n]
 
 
+def editable_facts(facts: Sequence[Fact]) -> list[Fact]:
+    """The facts whose relation has another answer among ``facts`` to be edited to (in order)."""
+    answers: dict[str, set[str]] = defaultdict(set)
+    for fact in facts:
+        answers[fact.triple.relation].add(fact.answer)
+    return [f for f in facts if len(answers[f.triple.relation]) > 1]
+
+
 def edit_requests(
     facts: Sequence[Fact],
     n_edits: int,
@@ -261,7 +269,7 @@ def edit_requests(
     for fact in facts:
         answers[fact.triple.relation].append(fact.answer)
         tails[(fact.triple.relation, fact.answer)] = fact.triple.tail
-    editable = [f for f in facts if len(set(answers[f.triple.relation])) > 1]
+    editable = editable_facts(facts)
     if n_edits > len(editable):
         raise KGDataError(f"asked for {n_edits:,} edits, only {len(editable):,} facts can be edited", field="n_edits")
     order = list(editable)

@@ -145,7 +145,6 @@ def test_merge_edit_reports_puts_per_method_runs_together(bench_set, tmp_path, c
     assert str(bad) in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_trained_network_editors_are_benchmark_rows(bench_set, capsys):
     """MEND and KE train on the set's train cases + stable_train (dev chooses the epoch) inside the benchmark."""
     model, folder = bench_set

@@ -93,8 +93,10 @@ def test_bad_folders_and_settings_are_one_clear_error(tmp_path, nations_base):
         MEND().save_pretrained(str(tmp_path / "x"))
     with pytest.raises(KGDataError, match="needs a trained editor"):
         MEND.from_options(None)
-    folder, _, _, _ = nations_base
+    folder, _, cases, stable = nations_base
     other = MaskedEntityModel.from_pretrained(folder)
+    with pytest.raises(KGDataError, match="mend has no option 'extra'"):  # a KGEditor option is not dropped silently
+        MEND.train_pretrained(other, cases[:4], stable[:4], str(tmp_path / "never"), extra=64, progress=False)
     editor = MEND(MENDConfig(layers=[0], epochs=0, progress=False))
     editor.prepare(KGETarget(other))
     editor.save_pretrained(str(tmp_path / "one"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ._common import (CommandError, add_command, add_dataset_args, add_json_arg, add_progress_arg, emit,
                       positive_float, positive_int, non_negative_float)
+from .llm_edit import _option
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -49,11 +50,7 @@ def _train_toy(args: argparse.Namespace) -> int:
     from llm_editing.facts import load_facts, select_facts
     from llm_editing.toy import ToyConfig, save_toy_model, train_toy_model
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} is a file, expected a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise CommandError(f"--out {out} is not empty (pass --overwrite to write into it)")
+    out = _output_folder(args.out, args.overwrite)
     try:
         config = ToyConfig(n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head, vocab_size=args.vocab_size,
                            n_positions=args.n_positions, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -70,6 +67,16 @@ def _train_toy(args: argparse.Namespace) -> int:
             f"(rephrased prompts {m['reproduced_rephrased']:.3f})")
     emit(args, payload, text)
     return 0
+
+
+def _output_folder(path: str, overwrite: bool) -> Path:
+    """``--out`` as a folder that is new, empty, or may be written into (``--overwrite``)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, expected a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CommandError(f"--out {out} is not empty (pass --overwrite to write into it)")
+    return out
 
 
 def register_train_editor(commands: argparse._SubParsersAction) -> None:
@@ -97,25 +104,15 @@ def register_train_editor(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_train_editor)
 
 
-def _option(value: str):
-    from .llm_edit import _option as parse
-
-    return parse(value)
-
-
 def _train_editor(args: argparse.Namespace) -> int:
     from llm_editing.adapter import CausalLMTarget
     from llm_editing.editors import known_facts, known_split, make_editor
-    from llm_editing.facts import edit_requests
-    from deltakg.editing.locate.network import train_network_editor as train_mend
+    from llm_editing.facts import edit_requests, editable_facts
+    from deltakg.editing.locate.network import train_network_editor
 
     from .llm_edit import _load
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} is a file, expected a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise CommandError(f"--out {out} is not empty (pass --overwrite to write into it)")
+    out = _output_folder(args.out, args.overwrite)
     options = {"seed": args.seed, "progress": not args.no_progress, **dict(args.options)}
     editor = make_editor(args.method, options)
     model, tokenizer, facts = _load(args.model)
@@ -124,13 +121,14 @@ def _train_editor(args: argparse.Namespace) -> int:
     known = known_facts(model, tokenizer, facts)
     parts = {part: known_split(known, part, train_fraction=args.train_fraction, dev_fraction=args.dev_fraction)
              for part in ("train", "dev")}
-    train = edit_requests(parts["train"], min(args.n_edits or len(parts["train"]), _editable(parts["train"])),
-                          seed=args.seed)
-    dev = edit_requests(parts["dev"], min(args.n_dev, _editable(parts["dev"])), seed=args.seed)
+    editable = {part: len(editable_facts(facts)) for part, facts in parts.items()}
+    train = edit_requests(parts["train"], min(args.n_edits or editable["train"], editable["train"]), seed=args.seed)
+    dev = edit_requests(parts["dev"], min(args.n_dev, editable["dev"]), seed=args.seed)
     # the KL inputs: the train part's own facts as text (never a dev or test fact)
     locality = [f"{f.prompt} {f.answer}" for f in parts["train"]]
     target = CausalLMTarget(model, tokenizer)
-    metrics = train_mend(editor, target, train, locality, dev=(dev, [f"{f.prompt} {f.answer}" for f in parts["dev"]]))
+    metrics = train_network_editor(editor, target, train, locality,
+                                   dev=(dev, [f"{f.prompt} {f.answer}" for f in parts["dev"]]))
     editor.save_pretrained(str(out))
     payload = {"out": str(out), "method": args.method, "train_edits": len(train), "dev_edits": len(dev),
                **{k: v for k, v in metrics.items() if k != "history"}, "history": metrics["history"]}
@@ -140,10 +138,3 @@ def _train_editor(args: argparse.Namespace) -> int:
                         f"dev KL {best.get('dev_kl', float('nan')):.4f}); saved to {out}")
     return 0
 
-
-def _editable(facts) -> int:
-    """How many of ``facts`` have another answer of their relation to be edited to."""
-    answers: dict[str, set[str]] = {}
-    for f in facts:
-        answers.setdefault(f.triple.relation, set()).add(f.answer)
-    return sum(1 for f in facts if len(answers[f.triple.relation]) > 1)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["ConditionEncoder", "MatrixUpdateHead", "KEHypernetwork"]
+__all__ = ["ConditionEncoder", "MatrixUpdateHead", "KEHypernetwork", "module_key"]
 
 
 class ConditionEncoder(nn.Module):
@@ -84,7 +84,7 @@ class KEHypernetwork(nn.Module):
         self.encoder = ConditionEncoder(embedding, lstm_hidden=lstm_hidden, out_dim=cond_dim, pad_id=pad_id)
         # module names may not hold dots
         self.heads = nn.ModuleDict({
-            _key(name): MatrixUpdateHead(m, n, cond_dim=cond_dim, hidden=hidden, init_step=init_step, normalize=normalize)
+            module_key(name): MatrixUpdateHead(m, n, cond_dim=cond_dim, hidden=hidden, init_step=init_step, normalize=normalize)
             for name, (m, n) in shapes.items()
         })
 
@@ -94,8 +94,9 @@ class KEHypernetwork(nn.Module):
 
     def updates(self, cond: torch.Tensor, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Updates from condition vectors already encoded (an editor taking several steps encodes once)."""
-        return {name: self.heads[_key(name)](cond, grads[name]) for name in self.names}
+        return {name: self.heads[module_key(name)](cond, grads[name]) for name in self.names}
 
 
-def _key(name: str) -> str:
+def module_key(name: str) -> str:
+    """A parameter name as a ModuleDict / ParameterDict key (those may not hold dots)."""
     return name.replace(".", "__")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..editor import register_editor
+from ..hypernetwork import module_key
 from .adapter import LocateAdapter
 from .network import NetworkConfig, NetworkEditor, gradient_factors, train_network_editor
 
@@ -119,7 +120,7 @@ class _MENDState(nn.Module):
         self.slots = {name: (key, group.index(name)) for key, group in groups.items() for name in group}
         self.networks = nn.ModuleDict({key: MENDNetwork(shapes[group[0]][1], shapes[group[0]][0], rank, len(group))
                                        for key, group in groups.items()})
-        self.log_alpha = nn.ParameterDict({_key(n): nn.Parameter(torch.tensor(float(init_log_alpha)))
+        self.log_alpha = nn.ParameterDict({module_key(n): nn.Parameter(torch.tensor(float(init_log_alpha)))
                                            for n in shapes})
 
 
@@ -143,7 +144,7 @@ class MEND(NetworkEditor):
         for name, (u, delta) in factors.items():
             key, slot = self.net.slots[name]
             u_t, d_t = self.net.networks[key](u, delta, slot)
-            out[name] = -self.net.log_alpha[_key(name)].exp() * (d_t.T @ u_t)
+            out[name] = -self.net.log_alpha[module_key(name)].exp() * (d_t.T @ u_t)
         return out
 
     def warm_up(self, adapter: LocateAdapter, edits: Any, config: MENDConfig) -> None:
@@ -163,11 +164,7 @@ class MEND(NetworkEditor):
 
     def training_summary(self) -> dict[str, Any]:
         """The learnt per-layer steps."""
-        return {"steps": {n: float(self.net.log_alpha[_key(n)].detach().exp()) for n in self.names}}
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
+        return {"steps": {n: float(self.net.log_alpha[module_key(n)].detach().exp()) for n in self.names}}
 
 
 def train_mend(editor: MEND, target: Any, edits: Any, locality: Any, **kwargs: Any) -> dict[str, Any]:

@@ -159,7 +159,11 @@ class NetworkEditor(LocateEditor):
         from ..target import KGETarget
 
         known = {f.name for f in dataclasses.fields(cls.config_class)}
-        settings = {k: v for k, v in options.items() if v is not None and k in known}
+        unknown = sorted(k for k, v in options.items() if v is not None and k not in known)
+        if unknown:
+            raise KGDataError(f"{cls.name} has no option {unknown[0]!r}; its options: {', '.join(sorted(known))}",
+                              field="options")
+        settings = {k: v for k, v in options.items() if v is not None}
         editor = cls(cls.config_class(progress=progress, **settings))
         target = KGETarget(model)
         dev = None
@@ -293,16 +297,24 @@ def patched_forward(adapter: LocateAdapter, deltas: dict[str, torch.Tensor], inp
     return functional_call(_Forward(adapter), params, (inputs,))
 
 
-def _losses(editor: NetworkEditor, adapter: LocateAdapter, requests: Any, loc: tuple[dict, torch.Tensor] | None,
-            config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _unrelated(adapter: LocateAdapter, corpus: Sequence[Any], size: int) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
+    """The corpus in batches with the unedited model's output log-probabilities (the model is frozen while an
+    editor trains, so they are computed once per batch, not once per step)."""
+    batches = []
+    with torch.no_grad():
+        for inputs, mask in adapter.stat_batches(corpus, size):
+            batches.append((inputs, mask, adapter.output_log_probs(adapter.forward(inputs), mask)))
+    return batches
+
+
+def _losses(editor: NetworkEditor, adapter: LocateAdapter, requests: Any,
+            loc: tuple[dict, torch.Tensor, torch.Tensor] | None, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
     deltas = editor.deltas(adapter, requests)
     probe = adapter.target_probe(requests, config.key_position, [""])
     edit_loss = adapter.target_nll(probe, patched_forward(adapter, deltas, probe.inputs)).mean()
     if loc is None:
         return edit_loss, torch.zeros(())
-    inputs, mask = loc
-    with torch.no_grad():
-        pre = adapter.output_log_probs(adapter.forward(inputs), mask)
+    inputs, mask, pre = loc
     post = adapter.output_log_probs(patched_forward(adapter, deltas, inputs), mask)
     return edit_loss, (pre.exp() * (pre - post)).sum(dim=-1).mean()
 
@@ -347,12 +359,13 @@ def _train(editor: NetworkEditor, adapter: LocateAdapter, config: Any, edits: An
             return config.edit_weight * edit_loss + multiplier * (kl - config.margin)
         return config.edit_weight * edit_loss + config.locality_weight * kl
 
+    dev_loc_batches = _unrelated(adapter, dev[1], config.locality_per_step) if dev is not None and dev[1] else []
+
     def dev_loss() -> dict[str, float]:
         if dev is None:
             return {}
-        dev_edits, dev_loc = dev
+        dev_edits, loc_batches = dev[0], dev_loc_batches
         editor.net.eval()
-        loc_batches = list(adapter.stat_batches(dev_loc, config.locality_per_step)) if dev_loc else []
         edit_total, kl_total, steps = 0.0, 0.0, 0
         count = adapter.requests_count(dev_edits)
         for i, start in enumerate(range(0, count, config.edits_per_step)):
@@ -378,7 +391,7 @@ def _train(editor: NetworkEditor, adapter: LocateAdapter, config: Any, edits: An
         rng.shuffle(order)
         loc_items = list(locality)
         rng.shuffle(loc_items)
-        loc_batches = list(adapter.stat_batches(loc_items, config.locality_per_step)) if loc_items else []
+        loc_batches = _unrelated(adapter, loc_items, config.locality_per_step) if loc_items else []
         editor.net.train()
         totals, steps = {"edit_nll": 0.0, "kl": 0.0}, 0
         for i, start in enumerate(range(0, n_edits, config.edits_per_step)):
