@@ -127,6 +127,76 @@ def test_method_installs_edits_and_rolls_back(method, family, toy, llama, tmp_pa
     assert _same(before, model.state_dict())  # per-batch runs roll every edit back, bit-exact
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_rome_exact_value_sees_its_own_update(family, toy, llama, tmp_path):
+    """With exact_value, the value step's loss IS the edited model's loss on the request's prompt."""
+    from deltakg.editing.locate.rome import key_direction, compute_keys, optimise_values
+
+    model = toy.model if family == "gpt2" else llama
+    target = _target(model, toy)
+    request = target.encode(_requests(toy.facts, 1))
+    options = {**_options("rome", tmp_path), "exact_value": True, "stop_nll": 0.0, "v_steps": 5}
+    editor = make_editor("rome", options)
+    editor.prepare(target)
+    adapter = editor.adapter(target)
+    config = editor.resolved(adapter)
+    key = compute_keys(adapter, request, 0, config.key_position, [""])[0]
+    direction = key_direction(key, editor.covariance(adapter, 0))[None]
+    delta, _ = optimise_values(adapter, request, 0, config, [""], direction)
+    probe = adapter.target_probe(request, config.key_position, [""])
+    module = model.get_submodule(adapter.layout.ffn_out.format(0))
+    from deltakg.editing.locate.hooks import add_through_key
+
+    with torch.no_grad(), add_through_key(module, delta, direction.float(), probe.owners):
+        hooked = adapter.target_nll(probe, adapter.forward(probe.inputs))
+    before = _state(model)
+    handle = apply_edit(editor, target, request, check=False)
+    with torch.no_grad():
+        edited = adapter.target_nll(probe, adapter.forward(probe.inputs))
+    handle.rollback()
+    torch.testing.assert_close(edited, hooked, rtol=1e-3, atol=1e-4)
+    assert _same(before, model.state_dict())
+
+
+def test_memit_exact_value_optimises_the_batch_update_jointly(toy, tmp_path):
+    """MEMIT's exact_value: the coupled value step's loss IS the loss of the model after the batch update."""
+    from deltakg.editing.locate.hooks import add_through_key
+    from deltakg.editing.locate.memit import memit_directions
+    from deltakg.editing.locate.rome import compute_keys, optimise_values
+
+    target = _target(toy.model, toy)
+    requests = target.encode(_requests(toy.facts, 3))
+    options = {**_options("memit", tmp_path), "layers": [0], "exact_value": True, "stop_nll": 0.0, "v_steps": 5}
+    editor = make_editor("memit", options)
+    editor.prepare(target)
+    adapter = editor.adapter(target)
+    config = editor.resolved(adapter)
+    keys = compute_keys(adapter, requests, 0, config.key_position, [""])
+    directions = memit_directions(keys, editor.covariance(adapter, 0), config.mom2_weight)
+    delta, _ = optimise_values(adapter, requests, 0, config, [""], directions, coupled=True)
+    probe = adapter.target_probe(requests, config.key_position, [""])
+    module = toy.model.get_submodule(adapter.layout.ffn_out.format(0))
+    with torch.no_grad(), add_through_key(module, delta, directions.float(), probe.owners, coupled=True):
+        hooked = adapter.target_nll(probe, adapter.forward(probe.inputs))
+    before = _state(toy.model)
+    handle = apply_edit(editor, target, requests, check=False)
+    with torch.no_grad():
+        edited = adapter.target_nll(probe, adapter.forward(probe.inputs))
+    handle.rollback()
+    torch.testing.assert_close(edited, hooked, rtol=1e-3, atol=1e-4)
+    assert _same(before, toy.model.state_dict())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["rome", "memit"])
+def test_exact_value_installs_edits(method, family, toy, llama, tmp_path):
+    model = toy.model if family == "gpt2" else llama
+    options = {**_options(method, tmp_path), "exact_value": True}
+    report = run_llm_edits(make_editor(method, options), _target(model, toy), _requests(toy.facts),
+                           batch_size=1 if method == "rome" else 3, metrics=METRICS)
+    assert report.metrics["reliability"] >= 0.99 and report.metrics["exact_match"] == 1.0
+
+
 @pytest.mark.parametrize("method", ["rome", "memit", "grace"])
 def test_sequential_edits_accumulate_and_roll_back_bit_exact(method, toy, tmp_path):
     target = _target(toy.model, toy)
@@ -385,3 +455,17 @@ def test_cli_llm_train_editor_then_llm_edit_with_mend(toy, tmp_path, capsys):
     assert main(["llm-train-editor", "--model", str(folder), "--method", "mend", "--out",
                  str(tmp_path / "mend")]) == 2  # not empty
     assert "not empty" in capsys.readouterr().err
+
+
+def test_rome_exact_value_edits_the_kg_model(nations_base, tmp_path):
+    from deltakg.editing import run_edits
+    from deltakg.kge.model import MaskedEntityModel
+
+    folder, _, cases, stable = nations_base
+    model = MaskedEntityModel.from_pretrained(folder)
+    before = _state(model)
+    plain = run_edits(make_editor("rome", _kg_options("rome", tmp_path)), model, cases[:4], stable[:40])
+    exact = run_edits(make_editor("rome", {**_kg_options("rome", tmp_path), "exact_value": True}), model, cases[:4],
+                      stable[:40])
+    assert exact.metrics["succ@1"] >= plain.metrics["succ@1"] >= 0.25
+    assert _same(before, model.state_dict())

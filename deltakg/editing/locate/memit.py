@@ -5,6 +5,11 @@ layer l in order, with the weights as the earlier layers left them: keys K_l (n,
 R = (z - h_L) / (layers remaining), and
 
     dW_l = R^T K_l (lambda C_l + K_l^T K_l)^-1      (float64)
+
+With ``exact_value`` the last layer's residuals are not the value step's deltas but values optimised through
+that layer's update itself: ``dW = D^T A`` with ``A = K (lambda C + K^T K)^-1`` adds ``sum_i (x . A_i) d_i`` at
+every position, so the batch's deltas D are optimised jointly under that sum (the least-squares compromise
+between edits, and their bleed into later positions, are then in the loss instead of discovered afterwards).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from .base import LocateEditor
 from .hooks import capture, read_at
 from .rome import VALUE_DEFAULTS, ValueConfig, _mean_by_owner, compute_keys, optimise_values
 
-__all__ = ["MEMITConfig", "MEMIT", "memit_update"]
+__all__ = ["MEMITConfig", "MEMIT", "memit_update", "memit_directions"]
 
 
 @dataclass
@@ -34,6 +39,9 @@ class MEMITConfig(ValueConfig):
     stats_dir: str | None = None
     progress: bool | None = None
     key_batch: int = field(default=256)  # requests per forward pass when reading keys
+    # the last layer's values are optimised through that layer's update itself (every request's term at every
+    # position of every prompt, jointly: see ROMEConfig.exact_value); one value batch holds the whole edit batch
+    exact_value: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,9 +52,9 @@ class MEMITConfig(ValueConfig):
 
 
 MEMIT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "*": {**VALUE_DEFAULTS, "mom2_weight": 1e4},
-    "gpt2": {"layers": [0, 1]},
-    "llama": {"layers": [0, 1, 2]},
+    "*": {**VALUE_DEFAULTS, "mom2_weight": 1e4, "exact_value": False},
+    "gpt2": {"layers": [0, 1], "exact_value": True},  # as ROME's (rome.ROME_DEFAULTS)
+    "llama": {"layers": [0, 1, 2], "exact_value": True},
     "bert": {"layers": [-2, -1]},
 }
 
@@ -68,11 +76,15 @@ def hidden_at_keys(adapter: LocateAdapter, requests: Any, layer: int, key_positi
     return _mean_by_owner(rows, probe.owners.to(rows.device), adapter.requests_count(requests))
 
 
+def memit_directions(keys: torch.Tensor, mom2: torch.Tensor, weight: float) -> torch.Tensor:
+    """(n, in) rows of ``K (lambda C + K^T K)^-1``: the update ``R^T A`` adds ``sum_i (x . A_i) r_i`` at input x."""
+    keys = keys.to(mom2)
+    return torch.linalg.solve(weight * mom2 + keys.T @ keys, keys.T).T
+
+
 def memit_update(keys: torch.Tensor, residual: torch.Tensor, mom2: torch.Tensor, weight: float) -> torch.Tensor:
     """(out, in) update ``R^T K (lambda C + K^T K)^-1``; keys (n, in), residual (n, out), C (in, in), float64."""
-    keys, residual = keys.to(mom2), residual.to(mom2)
-    system = weight * mom2 + keys.T @ keys
-    return residual.T @ torch.linalg.solve(system, keys.T).T
+    return residual.to(mom2).T @ memit_directions(keys, mom2, weight)
 
 
 @register_editor
@@ -103,16 +115,23 @@ class MEMIT(LocateEditor):
         was_training = adapter.model.training
         adapter.model.eval()
         try:
-            delta = self._batched(adapter, cases, config.value_batch,
-                                  lambda part: optimise_values(adapter, part, last, config, prefixes)[0])
             hidden = lambda part: hidden_at_keys(adapter, part, last, position, prefixes)  # noqa: E731
-            goal = self._batched(adapter, cases, config.key_batch, hidden) + delta.double().to(
-                next(adapter.model.parameters()).device)
+            goal = None
+            if len(layers) > 1 or not config.exact_value:  # the lower layers' residuals need the goal z
+                delta = self._batched(adapter, cases, config.value_batch,
+                                      lambda part: optimise_values(adapter, part, last, config, prefixes)[0])
+                goal = self._batched(adapter, cases, config.key_batch, hidden) + delta.double().to(
+                    next(adapter.model.parameters()).device)
             for i, layer in enumerate(layers):
                 keys = self._batched(adapter, cases, config.key_batch,
                                      lambda part: compute_keys(adapter, part, layer, position, prefixes))
-                residual = (goal - self._batched(adapter, cases, config.key_batch, hidden)) / (len(layers) - i)
                 mom2 = covariances[layer].to(keys.device)
+                if config.exact_value and layer == last:
+                    directions = memit_directions(keys, mom2, config.mom2_weight)
+                    delta, _ = optimise_values(adapter, cases, layer, config, prefixes, directions, coupled=True)
+                    add_to_weight(adapter, layer, delta.to(directions).T @ directions)
+                    continue
+                residual = (goal - self._batched(adapter, cases, config.key_batch, hidden)) / (len(layers) - i)
                 add_to_weight(adapter, layer, memit_update(keys, residual, mom2, config.mom2_weight))
         finally:
             adapter.model.train(was_training)
