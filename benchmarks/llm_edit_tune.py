@@ -29,6 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="toy model folder (deltakg llm-train-toy)")
     parser.add_argument("--n-edits", type=int, default=20, help="dev edits per setting")
+    parser.add_argument("--mode", choices=("single", "batch"), default="single",
+                        help="single edits, or all --n-edits in one batch (choose a batch method's settings at the "
+                             "batch size it is used at; --grid then names a batch grid)")
     parser.add_argument("--methods", default="rome,memit")
     parser.add_argument("--key-positions", default="subject_last,prompt_last")
     parser.add_argument("--sides", default="ours,easyedit")
@@ -46,7 +49,7 @@ def main() -> None:
                 best = None
                 for setting in grid[method][side]:
                     flags = [x for k, v in setting.items() for x in (PEER_FLAG[side], f"{method}.{k}={json.dumps(v)}")]
-                    cmd = [sys.executable, str(HERE / "llm_edit.py"), "--mode", "single", "--model", args.model,
+                    cmd = [sys.executable, str(HERE / "llm_edit.py"), "--mode", args.mode, "--model", args.model,
                            "--split", "dev", "--n-edits", str(args.n_edits), "--methods", method, "--key-positions",
                            position, "--sides", side, "--seed", str(args.seed), "--threads", str(args.threads),
                            "--fluency-tokens", "0", *flags]
@@ -68,7 +71,8 @@ def main() -> None:
                         "setting": best["setting"], "dev_score": round(_score(best), 4),
                         "args": [x for k, v in best["setting"].items()
                                  for x in (PEER_FLAG[side], f"{method}.{k}={json.dumps(v)}")]}
-    print(json.dumps({"benchmark": "llm_edit_tune", "split": "dev", "n_edits": args.n_edits, "seed": args.seed,
+    print(json.dumps({"benchmark": "llm_edit_tune", "split": "dev", "mode": args.mode, "n_edits": args.n_edits,
+                      "seed": args.seed,
                       "model": args.model, "chosen": chosen, "tried": tried,
                       "seconds": round(time.perf_counter() - started, 1)}))
 

@@ -89,3 +89,19 @@ def test_grace_mode_and_peer_absent(toy_dir, tmp_path) -> None:
         payload["results"]["grace"]["ours"]
     skipped = _run("--model", str(toy_dir), "--n-edits", "2", "--peer-dir", str(tmp_path))
     assert "skipped" in skipped and "EasyEdit not found" in skipped["skipped"]
+
+
+def test_summary_gives_mean_and_sd_over_seeds(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from llm_edit_summary import summarise
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    base = {"mode": "single", "n_edits": 100, "result": "rome/prompt_last", "side": "ours"}
+    lines = [{**base, "seed": 0, "reliability": 0.9, "locality": 1.0, "pre": {"reliability": 0.2}},
+             {**base, "seed": 1, "reliability": 1.0, "locality": 1.0, "pre": {"reliability": 0.3}},
+             {**base, "side": "easyedit", "seed": 0, "error": "ValueError: bugged"}]
+    rows = {row["side"]: row for row in summarise(lines)}
+    assert rows["ours"]["seeds"] == [0, 1] and rows["ours"]["reliability"] == {"mean": 0.95, "sd": 0.0707}
+    assert rows["ours"]["locality"]["sd"] == 0.0 and rows["ours"]["pre_reliability"] == 0.25
+    assert rows["easyedit"]["errors"] == 1 and "reliability" not in rows["easyedit"]
