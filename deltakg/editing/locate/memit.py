@@ -39,9 +39,6 @@ class MEMITConfig(ValueConfig):
     stats_dir: str | None = None
     progress: bool | None = None
     key_batch: int = field(default=256)  # requests per forward pass when reading keys
-    # the last layer's values are optimised through that layer's update itself (every request's term at every
-    # position of every prompt, jointly: see ROMEConfig.exact_value); one value batch holds the whole edit batch
-    exact_value: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,7 +49,7 @@ class MEMITConfig(ValueConfig):
 
 
 MEMIT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "*": {**VALUE_DEFAULTS, "mom2_weight": 1e4, "exact_value": False},
+    "*": {**VALUE_DEFAULTS, "mom2_weight": 1e4},
     "gpt2": {"layers": [0, 1], "exact_value": True},  # as ROME's (rome.ROME_DEFAULTS)
     "llama": {"layers": [0, 1, 2], "exact_value": True},
     "bert": {"layers": [-2, -1]},

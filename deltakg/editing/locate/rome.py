@@ -40,6 +40,11 @@ class ValueConfig:
     clamp: float | None = None  # |delta| <= clamp * |v0|
     stop_nll: float | None = None  # stop once every request's target NLL is below this
     value_batch: int | None = None  # requests optimised together (their deltas are independent)
+    # the value step sees the update itself (at every position, through the key direction), not only a delta
+    # at the key position as the papers' does: a whitened key still overlaps later positions' inputs, and that
+    # bleed, unseen by the papers' value step, undid multi-token targets. MEMIT: its last layer's deltas,
+    # jointly for the whole batch (one value batch then holds every edit)
+    exact_value: bool | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -62,7 +67,7 @@ class ValueConfig:
 # shared by ROME and MEMIT; "*" applies to every model type, per-type rows override it
 VALUE_DEFAULTS: dict[str, Any] = dict(key_position="subject_last", n_prefixes=10, prefix_length=5, v_lr=0.5,
                                       v_steps=25, kl_weight=0.0625, weight_decay=0.5, clamp=4.0, stop_nll=5e-2,
-                                      value_batch=64, stats_keys=100_000, stats_dir=None, progress=True,
+                                      value_batch=64, exact_value=False, stats_keys=100_000, stats_dir=None, progress=True,
                                       ridge=1e-3)
 
 
@@ -78,11 +83,6 @@ class ROMEConfig(ValueConfig):
     # rank-one updates per edit: a later pass re-optimises the value under the updated weights and corrects
     # what the first update changed elsewhere in the prompt (a pass whose target is already met adds nothing)
     passes: int | None = None
-    # the value step sees the update itself (at every position, through the key direction), not only a delta
-    # at the key position as the paper's does: a whitened key still overlaps later positions' inputs, and that
-    # bleed, unseen by the paper's value step, undid multi-token targets
-    exact_value: bool | None = None
-
     def validate(self) -> None:
         """Check the resolved fields."""
         super().validate()
@@ -91,7 +91,7 @@ class ROMEConfig(ValueConfig):
 
 
 ROME_DEFAULTS: dict[str, dict[str, Any]] = {
-    "*": {**VALUE_DEFAULTS, "passes": 1, "exact_value": False},
+    "*": {**VALUE_DEFAULTS, "passes": 1},
     # causal LMs: exact values on (on 20 dev edits of the toy GPT-2, bare prompts, the paper's 25 steps:
     # reliability 0.95 -> 1.00 at prompt-last keys, 0.84 -> 0.93 at subject-last); the KG model keeps the
     # paper's value step, which its reported rows were measured with
@@ -129,8 +129,8 @@ def optimise_values(adapter: LocateAdapter, requests: Any, layer: int, config: V
     """Per request, the delta on the layer's FFN output at the key position that makes the target likely.
 
     Returns ``(delta, v0)``, both (n, out): the optimised delta and the unedited output it is added to (averaged
-    over the prefixed prompts). Requests are independent: one request's loss never reaches another's delta.
-    With ``directions`` (n, in), the delta is applied as the rank-one update ``delta directions^T`` would apply
+    over the prefixed prompts). Requests are independent (one request's loss never reaches another's delta)
+    unless ``coupled``. With ``directions`` (n, in), the delta is applied as the rank-one update ``delta directions^T`` would apply
     it (at every position, scaled by the input's projection on the direction) instead of at the key position;
     ``coupled`` adds every request's term to every prompt (a batch update, MEMIT's), so the requests' deltas are
     optimised jointly.
@@ -226,11 +226,12 @@ class ROME(LocateEditor):
             for i in range(adapter.requests_count(cases)):
                 one = adapter.select(cases, [i])
                 key = compute_keys(adapter, one, layer, config.key_position, prefixes)[0]
-                direction = key_direction(key, mom2.to(key.device))[None] if config.exact_value else None
+                direction = key_direction(key, mom2.to(key.device))
+                seen = direction[None] if config.exact_value else None
                 for _ in range(config.passes):
-                    delta, _ = optimise_values(adapter, one, layer, config, prefixes, direction)
+                    delta, _ = optimise_values(adapter, one, layer, config, prefixes, seen)
                     if not bool(delta.any()):
                         break  # the target is met already
-                    add_to_weight(adapter, layer, rank_one_update(key, delta[0], mom2.to(key.device)))
+                    add_to_weight(adapter, layer, torch.outer(delta[0].to(direction), direction))
         finally:
             adapter.model.train(was_training)
