@@ -213,6 +213,52 @@ def test_sequential_edits_accumulate_and_roll_back_bit_exact(method, toy, tmp_pa
     assert torch.equal(toy.model(**probe).logits, logits_before)  # GRACE: its codebook entries are gone too
 
 
+def test_memit_preserved_keys_make_a_sequence_of_batches_one_batch():
+    """Recursive least squares: two updates, the second with the first's keys preserved, equal one batch update."""
+    from deltakg.editing.locate.memit import memit_update
+
+    gen = torch.Generator().manual_seed(0)
+    d_in, d_out = 12, 5
+    basis = torch.randn(40, d_in, generator=gen, dtype=torch.float64)
+    mom2 = basis.T @ basis / 40
+    w0 = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64)
+    k1, k2 = (torch.randn(3, d_in, generator=gen, dtype=torch.float64) for _ in range(2))
+    v1, v2 = (torch.randn(3, d_out, generator=gen, dtype=torch.float64) for _ in range(2))
+    w1 = w0 + memit_update(k1, v1 - k1 @ w0.T, mom2, 7.0)
+    w2 = w1 + memit_update(k2, v2 - k2 @ w1.T, mom2, 7.0, preserved=k1.T @ k1)
+    both = w0 + memit_update(torch.cat([k1, k2]), torch.cat([v1 - k1 @ w0.T, v2 - k2 @ w0.T]), mom2, 7.0)
+    torch.testing.assert_close(w2, both)
+    forgetful = w1 + memit_update(k2, v2 - k2 @ w1.T, mom2, 7.0)
+    assert (forgetful @ k1.T - v1.T).norm() > (w2 @ k1.T - v1.T).norm()  # without P the first batch drifts
+
+
+def test_memit_preserved_keys_are_remembered_and_rolled_back(toy, tmp_path):
+    """preserve_weight: each edit adds p K^T K to the editor's memory; rolling an edit back restores it exactly."""
+    target = _target(toy.model, toy)
+    requests = target.encode(_requests(toy.facts, 4))
+    editor = make_editor("memit", {**_options("memit", tmp_path), "layers": [0], "preserve_weight": 2.0})
+    editor.prepare(target)
+    where = (id(toy.model), 0)
+    before = _state(toy.model)
+    first = apply_edit(editor, target, requests[:2], check=False)
+    keys = _layer0_keys(editor, target, requests[:2])
+    torch.testing.assert_close(editor._edited.preserved(where), 2.0 * keys.T @ keys)
+    saved = editor._edited.preserved(where).clone()
+    second = apply_edit(editor, target, requests[2:], check=False)
+    assert not torch.equal(editor._edited.preserved(where), saved)
+    second.rollback()
+    assert torch.equal(editor._edited.preserved(where), saved)
+    first.rollback()
+    assert editor._edited.preserved(where) is None and _same(before, toy.model.state_dict())
+
+
+def _layer0_keys(editor, target, requests):
+    from deltakg.editing.locate.rome import compute_keys
+
+    adapter = editor.adapter(target)
+    return compute_keys(adapter, requests, 0, editor.resolved(adapter).key_position, [""]).double()
+
+
 def test_grace_keeps_unrelated_prompts_and_its_codebook_is_the_rollback(toy):
     target = _target(toy.model, toy)
     editor = make_editor("grace", _options("grace", None))

@@ -10,6 +10,12 @@ With ``exact_value`` the last layer's residuals are not the value step's deltas 
 that layer's update itself: ``dW = D^T A`` with ``A = K (lambda C + K^T K)^-1`` adds ``sum_i (x . A_i) d_i`` at
 every position, so the batch's deltas D are optimised jointly under that sum (the least-squares compromise
 between edits, and their bleed into later positions, are then in the loss instead of discovered afterwards).
+
+Sequential editing with ``preserve_weight`` p > 0: the editor remembers the keys it has written (per model and
+layer, ``P = sum K_j^T K_j``) and solves with ``lambda C + p P + K^T K`` instead, so a later batch keeps the
+outputs at earlier edits' keys (least squares over the corpus, every earlier edit and the new batch). With
+p = 1 this is recursive least squares: a sequence of batches solves the same problem as one batch of all of
+them (values aside, which each batch computes under the weights the earlier ones left). Rollback restores P.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ from ..editor import register_editor
 from .adapter import LocateAdapter, add_to_weight
 from .base import LocateEditor
 from .hooks import capture, read_at
+from ..weights import WeightSnapshot
 from .rome import VALUE_DEFAULTS, ValueConfig, _mean_by_owner, compute_keys, optimise_values
 
-__all__ = ["MEMITConfig", "MEMIT", "memit_update", "memit_directions"]
+__all__ = ["MEMITConfig", "MEMIT", "memit_update", "memit_directions", "PreservedKeysSnapshot", "EditedKeys"]
 
 
 @dataclass
@@ -39,17 +46,20 @@ class MEMITConfig(ValueConfig):
     stats_dir: str | None = None
     progress: bool | None = None
     key_batch: int = field(default=256)  # requests per forward pass when reading keys
+    preserve_weight: float | None = None  # p: weight of earlier edits' keys in sequential editing (0: off)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mom2_weight is not None and self.mom2_weight <= 0:
             raise ValueError(f"mom2_weight must be > 0, got {self.mom2_weight}")
+        if self.preserve_weight is not None and self.preserve_weight < 0:
+            raise ValueError(f"preserve_weight must be >= 0, got {self.preserve_weight}")
         if self.layers is not None and not self.layers:
             raise ValueError("layers must name at least one layer")
 
 
 MEMIT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "*": {**VALUE_DEFAULTS, "mom2_weight": 1e4},
+    "*": {**VALUE_DEFAULTS, "mom2_weight": 1e4, "preserve_weight": 0.0},
     "gpt2": {"layers": [0, 1], "exact_value": True},  # as ROME's (rome.ROME_DEFAULTS)
     "llama": {"layers": [0, 1, 2], "exact_value": True},
     "bert": {"layers": [-2, -1]},
@@ -73,15 +83,88 @@ def hidden_at_keys(adapter: LocateAdapter, requests: Any, layer: int, key_positi
     return _mean_by_owner(rows, probe.owners.to(rows.device), adapter.requests_count(requests))
 
 
-def memit_directions(keys: torch.Tensor, mom2: torch.Tensor, weight: float) -> torch.Tensor:
-    """(n, in) rows of ``K (lambda C + K^T K)^-1``: the update ``R^T A`` adds ``sum_i (x . A_i) r_i`` at input x."""
+def memit_directions(keys: torch.Tensor, mom2: torch.Tensor, weight: float,
+                     preserved: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, in) rows of ``K (lambda C + P + K^T K)^-1``: the update ``R^T A`` adds ``sum_i (x . A_i) r_i`` at x.
+
+    ``preserved`` (P, in x in) is the weighted sum of earlier edits' ``K^T K`` (none: zero).
+    """
     keys = keys.to(mom2)
-    return torch.linalg.solve(weight * mom2 + keys.T @ keys, keys.T).T
+    system = weight * mom2 + keys.T @ keys
+    if preserved is not None:
+        system = system + preserved.to(mom2)
+    return torch.linalg.solve(system, keys.T).T
 
 
-def memit_update(keys: torch.Tensor, residual: torch.Tensor, mom2: torch.Tensor, weight: float) -> torch.Tensor:
-    """(out, in) update ``R^T K (lambda C + K^T K)^-1``; keys (n, in), residual (n, out), C (in, in), float64."""
-    return residual.to(mom2).T @ memit_directions(keys, mom2, weight)
+def memit_update(keys: torch.Tensor, residual: torch.Tensor, mom2: torch.Tensor, weight: float,
+                 preserved: torch.Tensor | None = None) -> torch.Tensor:
+    """(out, in) update ``R^T K (lambda C + P + K^T K)^-1``; keys (n, in), residual (n, out), C (in, in), float64."""
+    return residual.to(mom2).T @ memit_directions(keys, mom2, weight, preserved)
+
+
+class EditedKeys:
+    """The keys an editor has written, per (model, layer), and ``P = sum_j p_j K_j^T K_j`` over them.
+
+    Only the keys are kept (n x in per edit), so a snapshot is a count and a long sequential run does not hold a
+    copy of P per edit; P is summed in edit order, so after a rollback it is recomputed bit-identically.
+    """
+
+    def __init__(self) -> None:
+        self.keys: dict[tuple[int, int], list[tuple[float, torch.Tensor]]] = {}
+        self._sums: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
+
+    def add(self, where: tuple[int, int], keys: torch.Tensor, weight: float) -> None:
+        """Remember ``keys`` (n, in) written at ``where`` with weight p."""
+        total = self.preserved(where)
+        self.keys.setdefault(where, []).append((weight, keys.detach().double().clone()))
+        term = weight * keys.T.double() @ keys.double()
+        self._sums[where] = (len(self.keys[where]), term if total is None else total + term)
+
+    def preserved(self, where: tuple[int, int]) -> torch.Tensor | None:
+        """P at ``where`` (None before any edit there)."""
+        entries = self.keys.get(where)
+        if not entries:
+            return None
+        count, total = self._sums.get(where, (0, None))
+        if count != len(entries):
+            total = None
+            for weight, keys in entries:
+                term = weight * keys.T @ keys
+                total = term if total is None else total + term
+            self._sums[where] = (len(entries), total)
+        return total
+
+    def counts(self) -> dict[tuple[int, int], int]:
+        """How many edits are remembered where (a snapshot)."""
+        return {where: len(entries) for where, entries in self.keys.items()}
+
+    def truncate(self, counts: dict[tuple[int, int], int]) -> None:
+        """Forget the edits after ``counts`` (a rollback)."""
+        for where in list(self.keys):
+            kept = counts.get(where, 0)
+            del self.keys[where][kept:]
+            if not self.keys[where]:
+                del self.keys[where]
+                self._sums.pop(where, None)
+
+
+class PreservedKeysSnapshot:
+    """The touched weights and the editor's remembered keys now; ``restore`` puts both back (bit-exact)."""
+
+    def __init__(self, weights: WeightSnapshot, memory: EditedKeys) -> None:
+        self.weights = weights
+        self.memory = memory
+        self._counts = memory.counts()
+
+    @property
+    def names(self) -> list[str]:
+        """The weights covered."""
+        return self.weights.names
+
+    def restore(self) -> None:
+        """Put the weights and the remembered keys back."""
+        self.weights.restore()
+        self.memory.truncate(self._counts)
 
 
 @register_editor
@@ -95,6 +178,12 @@ class MEMIT(LocateEditor):
 
     def __init__(self, config: MEMITConfig | None = None, corpus: Sequence[object] | None = None) -> None:
         super().__init__(config or MEMITConfig(), corpus)
+        self._edited = EditedKeys()  # for preserve_weight: the keys of earlier edits, per (id(model), layer)
+
+    def snapshot(self, target: Any) -> PreservedKeysSnapshot:
+        """The touched weights and the remembered keys of earlier edits."""
+        return PreservedKeysSnapshot(WeightSnapshot(self.adapter(target).model, self.touched(target)),
+                                     self._edited)
 
     def _batched(self, adapter: LocateAdapter, requests: Any, size: int, fn) -> torch.Tensor:
         return torch.cat([fn(part) for part in _chunks(adapter, requests, size)])
@@ -123,12 +212,16 @@ class MEMIT(LocateEditor):
                 keys = self._batched(adapter, cases, config.key_batch,
                                      lambda part: compute_keys(adapter, part, layer, position, prefixes))
                 mom2 = covariances[layer].to(keys.device)
+                memory = (id(adapter.model), layer)
+                preserved = self._edited.preserved(memory)
                 if config.exact_value and layer == last:
-                    directions = memit_directions(keys, mom2, config.mom2_weight)
+                    directions = memit_directions(keys, mom2, config.mom2_weight, preserved)
                     delta, _ = optimise_values(adapter, cases, layer, config, prefixes, directions, coupled=True)
                     add_to_weight(adapter, layer, delta.to(directions).T @ directions)
-                    continue
-                residual = (goal - self._batched(adapter, cases, config.key_batch, hidden)) / (len(layers) - i)
-                add_to_weight(adapter, layer, memit_update(keys, residual, mom2, config.mom2_weight))
+                else:
+                    residual = (goal - self._batched(adapter, cases, config.key_batch, hidden)) / (len(layers) - i)
+                    add_to_weight(adapter, layer, memit_update(keys, residual, mom2, config.mom2_weight, preserved))
+                if config.preserve_weight:
+                    self._edited.add(memory, keys, config.preserve_weight)
         finally:
             adapter.model.train(was_training)
