@@ -2,9 +2,9 @@
 
 Every (method, key position, side) tries the settings of ``benchmarks/configs/llm_edit_grid.json`` (the same
 number for ours and for EasyEdit; ``llm_edit_batch_grid.json`` / ``llm_edit_sequential_grid.json`` for the
-other modes), each a run of ``llm_edit.py --split dev``; the one with the highest
-(reliability + locality) / 2 on dev wins (with ``--tolerance T``: the fastest of those within T of it). Prints one JSON line: every setting's dev metrics and, per row,
-the chosen setting with the ``--ours`` / ``--peer-set`` arguments that reproduce it on the test part.
+other modes), each a run of ``llm_edit.py --split dev``; the one with the highest (reliability + locality) / 2
+on dev wins (with ``--tolerance T``: the fastest of those within T of it). Prints one JSON line: every setting's
+dev metrics and, per row, the chosen setting with the ``--ours`` / ``--peer-set`` arguments that reproduce it on the test part.
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from ..editor import register_editor
+from ..weights import WeightSnapshot
 from .adapter import LocateAdapter, add_to_weight
 from .base import LocateEditor
 from .hooks import capture, read_at
-from ..weights import WeightSnapshot
 from .rome import VALUE_DEFAULTS, ValueConfig, _mean_by_owner, compute_keys, optimise_values
 
 __all__ = ["MEMITConfig", "MEMIT", "memit_update", "memit_directions", "PreservedKeysSnapshot", "EditedKeys"]
@@ -116,9 +116,14 @@ class EditedKeys:
     def add(self, where: tuple[int, int], keys: torch.Tensor, weight: float) -> None:
         """Remember ``keys`` (n, in) written at ``where`` with weight p."""
         total = self.preserved(where)
-        self.keys.setdefault(where, []).append((weight, keys.detach().double().clone()))
-        term = weight * keys.T.double() @ keys.double()
+        entry = (weight, keys.detach().double().clone())
+        self.keys.setdefault(where, []).append(entry)
+        term = self._term(*entry)
         self._sums[where] = (len(self.keys[where]), term if total is None else total + term)
+
+    @staticmethod
+    def _term(weight: float, keys: torch.Tensor) -> torch.Tensor:
+        return weight * keys.T @ keys
 
     def preserved(self, where: tuple[int, int]) -> torch.Tensor | None:
         """P at ``where`` (None before any edit there)."""
@@ -126,11 +131,10 @@ class EditedKeys:
         if not entries:
             return None
         count, total = self._sums.get(where, (0, None))
-        if count != len(entries):
+        if count != len(entries):  # after a rollback: re-sum in edit order, as add did
             total = None
-            for weight, keys in entries:
-                term = weight * keys.T @ keys
-                total = term if total is None else total + term
+            for entry in entries:
+                total = self._term(*entry) if total is None else total + self._term(*entry)
             self._sums[where] = (len(entries), total)
         return total
 
