@@ -101,6 +101,9 @@ def _edit(args: argparse.Namespace) -> int:
     if args.split not in editset.cases:
         raise CommandError(f"--split: {args.editset} has no {args.split}.jsonl (has {', '.join(editset.cases)})")
     cases = editset.cases[args.split][: args.limit] if args.limit else editset.cases[args.split]
+    if cls.replays_stable_train and editset.stable_pools:
+        # stable_train only; a single-pool set's facts are the ones RK is measured on, so nothing is replayed
+        editor.set_replay(editset.pool("train"))
     # RK of dev cases on stable_dev (for tuning), of test cases on stable_test (for reporting)
     report = run_edits(editor, model, cases, editset.pool(args.split), batch_size=args.batch_size,
                        sequential=args.sequential)

@@ -110,9 +110,13 @@ def _editor_for(method: str, settings: dict[str, Any], model_dir: Path, editset:
     from deltakg.kge.model import MaskedEntityModel
 
     cls = EDITORS[method]
+    view = editset.training_view()  # what a method may see: no test cases, no stable_test
     if not cls.trainable:
-        return cls.from_settings(progress=config.progress, **settings), {}
-    view = editset.training_view()
+        editor = cls.from_settings(progress=config.progress, **settings)
+        if cls.replays_stable_train and editset.stable_pools:
+            # stable_train only; a single-pool set's facts are the ones RK is measured on: nothing is replayed
+            editor.set_replay(view.pool("train"))
+        return editor, {}
     out = work / f"{name or method}-seed{seed}"
     started = time.perf_counter()
     options = {"epochs": config.editor_epochs, **settings}  # a variant's own epochs (e.g. 0) win

@@ -41,6 +41,8 @@ class Editor(ABC):
     cli_options: ClassVar[dict[str, str]] = {}
     # the model families it edits: "kge" (deltakg edit) and/or "causal_lm" (deltakg llm-edit)
     families: ClassVar[tuple[str, ...]] = ("kge",)
+    # replays stable facts beside its edits: the benchmark hands it the edit set's stable_train (set_replay)
+    replays_stable_train: ClassVar[bool] = False
 
     @classmethod
     def from_options(cls, editor_dir: str | None = None, **options: Any) -> "Editor":
@@ -72,6 +74,9 @@ class Editor(ABC):
                          *, dev_cases: Sequence[EditCase] | None = None, **options: Any) -> dict[str, Any]:
         """Train an editor on edit cases and save it to ``out``; returns its training metrics (trainable methods)."""
         raise EditError(f"method {cls.name!r} needs no training", field="method")
+
+    def set_replay(self, facts: Sequence[StableFact]) -> None:
+        """Stable facts to replay beside edits (methods with ``replays_stable_train``; default: ignored)."""
 
     def prepare(self, target: KGETarget) -> None:
         """One-time set-up on a model before editing (e.g. adding slots); default: nothing."""
