@@ -173,7 +173,8 @@ def _lightning_curve(out: Path, steps_per_epoch: int) -> list[list[float]]:
     return curve
 
 
-def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str) -> dict[str, Any]:
+def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str,
+             keep_model: str | None = None) -> dict[str, Any]:
     from deltakg.kge.evaluation import evaluate_model
     from deltakg.kge.training import TrainConfig, train_model
 
@@ -204,7 +205,7 @@ def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str) 
         # is for FB15k-237's memory goal; mallopt is process-wide, so with it the PyKEEN models after ours paid too.
         bound_memory=False,
     )
-    out = tempfile.mkdtemp(prefix="ours-", dir=out_root)
+    out = keep_model or tempfile.mkdtemp(prefix="ours-", dir=out_root)
     t0, cpu0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(sys.stderr):
         result = train_model(kg, out, encoder=cfg["encoder"], layers=cfg["layers"], max_length=cfg["max_length"],
@@ -220,7 +221,8 @@ def run_ours(kg, minutes: float, cfg: dict[str, Any], seed: int, out_root: str) 
     steps_per_epoch = math.ceil(kg.train.shape[0] / cfg["batch_size"])
     m = result.metrics
     curve = _lightning_curve(Path(out), steps_per_epoch)
-    shutil.rmtree(out, ignore_errors=True)
+    if keep_model is None:
+        shutil.rmtree(out, ignore_errors=True)
     return {
         **_run_summary(test, m["global_step"], steps_per_epoch, train_s, cpu_s, eval_s),
         "best_valid_mrr": None if m["best_valid_mrr"] is None else round(m["best_valid_mrr"], 5),
@@ -460,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=None,
                    help="validations without improvement before stopping, for every model; 0 = none "
                         "(default per dataset: none for small graphs, 5 for wn18rr/fb15k237)")
+    p.add_argument("--keep-model", default=None, metavar="DIR",
+                   help="save ours' best-validating model to DIR (a new folder; `deltakg evaluate --model DIR`) "
+                        "instead of discarding it")
     g = p.add_argument_group("ours (defaults per dataset)")
     g.add_argument("--encoder", default=None, help="tiny, minilm or a local BERT folder")
     g.add_argument("--layers", type=int, default=None)
@@ -502,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset.lower().replace("-", "").replace("_", "")
     if dataset not in OURS:
         p.error(f"--dataset: choose from {', '.join(OURS)}, got {args.dataset!r}")
+    if args.keep_model and Path(args.keep_model).exists() and (
+            not Path(args.keep_model).is_dir() or any(Path(args.keep_model).iterdir())):
+        p.error(f"--keep-model: {args.keep_model} exists and is not an empty folder")
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
 
@@ -545,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         log(f"{name}: training on {dataset} for {args.minutes} min ({threads} threads)")
         if name == "ours":
-            results[name] = run_ours(kg, args.minutes, ours_cfg, args.seed, _TMP)
+            results[name] = run_ours(kg, args.minutes, ours_cfg, args.seed, _TMP, args.keep_model)
         else:
             cfg = rotate_cfg if name == "rotate" else complex_cfg
             results[name] = run_pykeen(kg, name, args.minutes, cfg, args.seed, valid, ours_cfg["patience"])

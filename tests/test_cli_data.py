@@ -318,10 +318,17 @@ def test_quality_benchmark_smoke(tmp_path):
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
     env = dict(os.environ, PYSTOW_HOME=str(tmp_path / "pystow"))
     result = subprocess.run(
-        [sys.executable, str(script), "--dataset", "nations", "--minutes", "0.05", "--threads", "1"],
+        [sys.executable, str(script), "--dataset", "nations", "--minutes", "0.05", "--threads", "1",
+         "--keep-model", str(tmp_path / "kept")],
         capture_output=True, text=True, timeout=300, check=False, env=env,
     )
     assert result.returncode == 0, result.stderr
+    from deltakg.kge.model import MaskedEntityModel
+
+    assert MaskedEntityModel.from_pretrained(tmp_path / "kept").config.num_entities == 14  # ours' best state, kept
+    again = subprocess.run([sys.executable, str(script), "--dataset", "nations", "--keep-model", str(tmp_path / "kept")],
+                           capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert again.returncode == 2 and "is not an empty folder" in again.stderr.splitlines()[-1]  # never overwritten
     payload = json.loads(result.stdout.splitlines()[-1])
     assert payload["benchmark"] == "quality" and set(payload["results"]) == {"ours", "rotate", "complex"}
     for name, metrics in payload["results"].items():

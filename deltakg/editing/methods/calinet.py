@@ -66,9 +66,8 @@ class CaliNet(Editor):
             torch.set_rng_state(generator_state)
 
     def touched(self, target: KGETarget) -> list[str]:
-        """The slot weights."""
-        if not self.slot_names:
-            self.prepare(target)
+        """The slot weights (added first if this model has none yet)."""
+        self.prepare(target)
         return list(self.slot_names)
 
     def parameter_counts(self, target: KGETarget) -> dict[str, int]:
