@@ -17,6 +17,7 @@ from kg_data.errors import KGDataError
 from ..editor import Editor, register_editor
 from ..slots import add_slots, slot_parameter_names
 from ..target import EncodedFacts, KGETarget
+from .ft import fit_edit_batch
 
 __all__ = ["CaliNet", "CaliNetConfig"]
 
@@ -79,30 +80,8 @@ class CaliNet(Editor):
         """Train the slots on the batch (dropout off, base weights without gradients: deterministic and cheap)."""
         from transformers.optimization import Adafactor
 
-        model = target.model
-        named = dict(model.named_parameters())
-        slots = [named[n] for n in self.touched(target)]
-        frozen = [p for n, p in named.items() if n not in set(self.slot_names) and p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
         # a fixed learning rate, as the paper's "Adafactor, lr 3e-4" (Adafactor's own relative step is off)
-        optimizer = Adafactor(slots, lr=self.config.lr, scale_parameter=False, relative_step=False,
-                              warmup_init=False)
-        was_training = model.training
-        model.eval()
-        inputs = target.inputs(cases)
-        targets = cases.targets.to(model.entity_bias.device)
-        try:
-            for _ in range(self.config.steps):
-                scores = model(**inputs)
-                if self.config.stop_when_done and bool((scores.argmax(dim=1) == targets).all()):
-                    break
-                loss = torch.nn.functional.cross_entropy(scores, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        finally:
-            optimizer.zero_grad(set_to_none=True)
-            for p in frozen:
-                p.requires_grad_(True)
-            model.train(was_training)
+        fit_edit_batch(target, cases, self.touched(target),
+                       lambda params: Adafactor(params, lr=self.config.lr, scale_parameter=False,
+                                                relative_step=False, warmup_init=False),
+                       steps=self.config.steps, stop_when_done=self.config.stop_when_done)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from ..editor import Editor, register_editor
 from ..target import EncodedFacts, KGETarget
 
-__all__ = ["FineTune"]
+__all__ = ["FineTune", "fit_edit_batch"]
 
 
 @register_editor
@@ -50,23 +50,42 @@ class FineTune(Editor):
 
     def edit(self, target: KGETarget, cases: EncodedFacts) -> None:
         """A few Adam steps on the edit batch (dropout off, so the result is deterministic)."""
-        model = target.model
-        named = dict(model.named_parameters())
-        params = [named[n] for n in self.touched(target)]
-        optimizer = torch.optim.Adam(params, lr=self.lr)
-        was_training = model.training
-        model.eval()
-        inputs = target.inputs(cases)
-        targets = cases.targets.to(model.entity_bias.device)
-        try:
-            for _ in range(self.steps):
-                scores = model(**inputs)
-                if self.stop_when_done and bool((scores.argmax(dim=1) == targets).all()):
-                    break
-                loss = torch.nn.functional.cross_entropy(scores, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        finally:
+        fit_edit_batch(target, cases, self.touched(target), lambda params: torch.optim.Adam(params, lr=self.lr),
+                       steps=self.steps, stop_when_done=self.stop_when_done)
+
+
+def fit_edit_batch(target: KGETarget, cases: EncodedFacts, names: Sequence[str],
+                   make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer], *, steps: int,
+                   stop_when_done: bool = True, extra_loss: Callable[[], torch.Tensor] | None = None) -> None:
+    """Optimise the parameters ``names`` on the cases' cross-entropy (plus ``extra_loss()``) for ``steps`` steps.
+
+    The FT-style loop of FT, CaliNet and K-Adapter: dropout off (deterministic), every other parameter without
+    gradients while it runs, stopping once every target ranks first when ``stop_when_done``.
+    """
+    model = target.model
+    chosen = set(names)
+    named = dict(model.named_parameters())
+    frozen = [p for n, p in named.items() if n not in chosen and p.requires_grad]
+    optimizer = make_optimizer([named[n] for n in names])
+    was_training = model.training
+    model.eval()
+    inputs = target.inputs(cases)
+    targets = cases.targets.to(model.entity_bias.device)
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            scores = model(**inputs)
+            if stop_when_done and bool((scores.argmax(dim=1) == targets).all()):
+                break
+            loss = torch.nn.functional.cross_entropy(scores, targets)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
             optimizer.zero_grad(set_to_none=True)
-            model.train(was_training)
+            loss.backward()
+            optimizer.step()
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)

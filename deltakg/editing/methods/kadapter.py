@@ -28,6 +28,7 @@ from kg_data.errors import KGDataError
 
 from ..editor import Editor, register_editor
 from ..target import EncodedFacts, KGETarget
+from .ft import fit_edit_batch
 
 __all__ = ["KAdapter", "KAdapterConfig", "AdapterStack"]
 
@@ -186,35 +187,16 @@ class KAdapter(Editor):
     def edit(self, target: KGETarget, cases: EncodedFacts) -> None:
         """Train the adapters on the batch (dropout off, base weights without gradients)."""
         model = target.model
-        names = set(self.touched(target))
-        named = dict(model.named_parameters())
-        frozen = [p for n, p in named.items() if n not in names and p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-        optimizer = torch.optim.AdamW([named[n] for n in sorted(names)], lr=self.config.lr)
         replay = self._replay_facts(target)
         # the same replay draws for every batch: edits of one set differ only in their own facts
         generator = torch.Generator().manual_seed(self.config.seed)
-        was_training = model.training
-        model.eval()
-        device = model.entity_bias.device
-        edit_inputs, edit_targets = target.inputs(cases), cases.targets.to(device)
-        try:
-            for _ in range(self.config.steps):
-                scores = model(**edit_inputs)
-                if self.config.stop_when_done and bool((scores.argmax(dim=1) == edit_targets).all()):
-                    break
-                loss = torch.nn.functional.cross_entropy(scores, edit_targets)
-                if replay is not None:
-                    pick = torch.randperm(len(replay), generator=generator)[: self.config.replay]
-                    kept = replay.select(pick)
-                    kept_scores = model(**target.inputs(kept))
-                    loss = loss + torch.nn.functional.cross_entropy(kept_scores, kept.targets.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        finally:
-            optimizer.zero_grad(set_to_none=True)
-            for p in frozen:
-                p.requires_grad_(True)
-            model.train(was_training)
+
+        def replay_loss() -> torch.Tensor:
+            kept = replay.select(torch.randperm(len(replay), generator=generator)[: self.config.replay])
+            return torch.nn.functional.cross_entropy(model(**target.inputs(kept)),
+                                                     kept.targets.to(model.entity_bias.device))
+
+        fit_edit_batch(target, cases, sorted(self.touched(target)),
+                       lambda params: torch.optim.AdamW(params, lr=self.config.lr),
+                       steps=self.config.steps, stop_when_done=self.config.stop_when_done,
+                       extra_loss=None if replay is None else replay_loss)
