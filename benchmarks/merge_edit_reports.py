@@ -4,6 +4,9 @@ Long sequential runs go one method at a time so that a stopped run keeps the met
 rows, curves and plots back together through the library's own table and plot code and prints one JSON line:
 
     python benchmarks/merge_edit_reports.py runs/life-a-umls-*.json --out docs/figures --name a-umls-life
+
+A method run later joins an earlier merged report: pass that report first, then the new runs (a method already
+in it keeps its first row; do not pass it twice, or its curve is listed twice).
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ MERGED_LISTS = ("sequential", "by_batch_size")
 
 
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report: rows (the unedited model once), curves and tuning of every input, in input order."""
+    """One report: rows (the unedited model once), curves and tuning of every input, in input order; an input may
+    itself be a merged report (to add methods run later)."""
     if not reports:
         raise ValueError("no reports to merge")
     sets = {r["editset"] for r in reports}
@@ -38,8 +42,11 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for key in MERGED_LISTS:
             merged[key].extend(report.get(key, []))
         merged["tuning"].update(report.get("tuning", {}))
-        methods = [row["method"] for row in report["rows"] if row["method"] != "zsl"]
-        merged["seconds"][",".join(methods)] = report.get("seconds")
+        if isinstance(report.get("seconds"), dict):  # an earlier merged report: its methods' seconds as they are
+            merged["seconds"].update(report["seconds"])
+        else:
+            methods = [row["method"] for row in report["rows"] if row["method"] != "zsl"]
+            merged["seconds"][",".join(methods)] = report.get("seconds")
     return merged
 
 

@@ -138,6 +138,14 @@ def test_merge_edit_reports_puts_per_method_runs_together(bench_set, tmp_path, c
     assert set(merged["tuning"]) == {"ft-l", "rome"}
     assert sorted(Path(p).name for p in merged["plots"]) == ["edits_batch_nations.png", "edits_sequential_nations.png"]
     assert "| rome |" in captured.err and "sequential rome: 4 edits" in captured.err
+    # a method run later joins the merged report: the earlier methods' seconds stay as they were
+    first = tmp_path / "first.json"
+    assert module.main([str(files[0])]) == 0
+    first.write_text(capsys.readouterr().out)
+    assert module.main([str(first), str(files[1])]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["rows"] == merged["rows"] and again["sequential"] == merged["sequential"]
+    assert again["seconds"] == merged["seconds"]
     # a file that is not a report: one line naming it, exit 2
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

@@ -283,18 +283,22 @@ def write_plots(report: dict[str, Any], out: str | Path) -> list[Path]:
     plots = [("batch", "by_batch_size", "batch_size", "edits per batch")]
     if report["sequential"]:
         plots.append(("sequential", "sequential", "edits", "sequential edits"))
+    markers = "osD^vP*X<>"
+    colors = plt.get_cmap("tab20").colors  # a benchmark of every registered method has more than 10 rows
     for name, key, x, label in plots:
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-        for method in dict.fromkeys(e["method"] for e in report[key]):
+        fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
+        for i, method in enumerate(dict.fromkeys(e["method"] for e in report[key])):
             points = [e for e in report[key] if e["method"] == method]
+            style = {"marker": markers[i % len(markers)], "color": colors[(2 * i) % 20 + (i // 10) % 2],
+                     "label": method}
             for ax, metric in zip(axes, ("succ@1", "rk@3")):
-                ax.plot([p[x] for p in points], [p[metric] for p in points], marker="o", label=method)
+                ax.plot([p[x] for p in points], [p[metric] for p in points], **style)
         for ax, metric in zip(axes, ("Succ@1", "RK@3")):
             ax.set_xscale("log", base=2 if name == "batch" else 10)
             ax.set_xlabel(label)
             ax.set_ylabel(metric)
             ax.set_ylim(-0.02, 1.02)
-        axes[1].legend(fontsize=7)
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         fig.tight_layout()
         path = out / f"edits_{name}.png"
         fig.savefig(path, dpi=80)
