@@ -79,7 +79,7 @@ class ClassifyConfig:
     setting: str = "few-shot"
     seeds: tuple[int, ...] = (13, 42, 100)
     head: str | None = None
-    """``cls`` or ``prompt`` (default: prompt for few-shot and zero-shot, cls for full)."""
+    """``cls``, ``prompt`` or ``sentence`` (default: prompt for few-shot and zero-shot, cls for full)."""
     encoder: str = "minilm"
     epochs: int | None = None
     """Training epochs (default: 20 few-shot, 3 zero-shot, 2 full)."""
@@ -115,8 +115,9 @@ class ClassifyConfig:
         if self.head is None:
             self.head = "cls" if self.setting == "full" else "prompt"
         _check(self.head in HEADS, "head", f"one of {', '.join(HEADS)}", self.head)
-        if self.setting == "zero-shot" and self.head != "prompt":
-            raise KGDataError("zero-shot needs the prompt head (a new [CLS] classifier knows no class)", field="head")
+        if self.setting == "zero-shot" and self.head == "cls":
+            raise KGDataError("zero-shot needs the prompt or sentence head (a new [CLS] classifier knows no class)",
+                              field="head")
         if self.epochs is None:
             self.epochs = {"few-shot": 20, "zero-shot": 3, "full": 2}[self.setting]
         if self.k is None:
@@ -262,7 +263,9 @@ def _new_model(config: ClassifyConfig, seed: int) -> tuple[TextClassifier, Any]:
     loaded = load_encoder(config.encoder, max_length=config.max_length)
     tokenizer = loaded.tokenizer
     answers = [tokenizer(word, add_special_tokens=False)["input_ids"] for word in config.spec.label_words]
-    return TextClassifier(loaded.model, config.head, len(config.spec.labels), answers), tokenizer
+    special = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0)
+    return TextClassifier(loaded.model, config.head, len(config.spec.labels), answers,
+                          special_ids=special), tokenizer
 
 
 def train(model: TextClassifier, features: Features, config: ClassifyConfig, seed: int, *, calibrate: bool,
@@ -392,7 +395,7 @@ def run_seed(config: ClassifyConfig, splits: Splits, seed: int) -> dict[str, Any
                            "test_size": len(feats["test"])}
     if zero:
         _, probs = embed(model, feats["train"], precision=config.precision)
-        out["plain_training"] = "none (the zero-shot prompt model)"
+        out["plain_training"] = f"none (the zero-shot {config.head} model)"
         pseudo = probs.argmax(dim=1)
     else:
         out["plain_training"] = train(model, feats["train"], config, seed, calibrate=False, pseudo=False,

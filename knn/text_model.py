@@ -1,6 +1,6 @@
 """Text classifiers over a BERT-family encoder whose representation feeds the k-NN datastore.
 
-Two heads, found by name in :data:`HEADS`:
+Three heads, found by name in :data:`HEADS`:
 
 - ``cls`` (fine-tuning setting): the representation is the final-layer ``[CLS]`` state; a new linear layer maps it
   to class logits (dropout before it in training).
@@ -11,6 +11,12 @@ Two heads, found by name in :data:`HEADS`:
   used as a tied output layer, no bias). An answer of several word pieces uses the mean of their embeddings.
   Fine-tuning updates that same embedding matrix, so the classifier stays tied. Zero-shot, this head is the
   pretrained model untouched.
+- ``sentence`` (zero-shot by similarity, for sentence-embedding encoders such as all-MiniLM-L6-v2): the input is
+  the [CLS] text (pair) of ``cls``; the representation is the attention-masked mean of the final hidden states,
+  L2-normalised (the pooling the encoder was trained with); a class's logit is ``SCALE * cos(rep, e_c)``, where
+  ``e_c`` is the same pooled embedding of the class's label word, computed by the encoder in every forward pass
+  so that training keeps it tied. ``SCALE`` is 20, the similarity scale sentence-transformers trains with. No
+  new parameter: zero-shot it is the pretrained encoder untouched, and it knows a class from the start.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from kg_data.errors import KGDataError
 
 from .text_tasks import TaskSpec, TextExample
 
-__all__ = ["Features", "encode", "TextClassifier", "HEADS", "collate"]
+__all__ = ["Features", "encode", "TextClassifier", "HEADS", "TEXT_INPUT_HEADS", "SENTENCE_SCALE", "collate"]
 
 _PIECE = re.compile(r"(\{\w+\}|\[MASK\])")
 
@@ -65,11 +71,12 @@ def encode(spec: TaskSpec, head: str, examples: Sequence[TextExample], tokenizer
     if head not in HEADS:
         raise KGDataError(f"expected one of {', '.join(HEADS)}, got {head!r}", field="head")
     cls_id, sep_id, mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
-    names = spec.pair if head == "cls" else tuple(p[1:-1] for p in _PIECE.findall(spec.template) if p[0] == "{")
+    text_input = head in TEXT_INPUT_HEADS
+    names = spec.pair if text_input else tuple(p[1:-1] for p in _PIECE.findall(spec.template) if p[0] == "{")
     texts = {name: tokenizer([e.fields[name] for e in examples], add_special_tokens=False)["input_ids"]
              for name in dict.fromkeys(names)} if examples else {}
     out = Features([], [], [], [e.label for e in examples])
-    if head == "cls":
+    if text_input:
         budget = max_length - 1 - len(names)
         for i in range(len(examples)):
             keep = _fit({n: len(texts[n][i]) for n in names}, budget, [n for n in spec.truncate if n in names]
@@ -120,23 +127,39 @@ def collate(features: Features, rows: Sequence[int], pad_id: int = 0) -> dict[st
             "labels": torch.tensor([features.labels[r] for r in rows]), "index": torch.tensor(list(rows))}
 
 
-def _cls_state(hidden: Tensor, mask_pos: Tensor) -> Tensor:
+def _cls_state(hidden: Tensor, mask_pos: Tensor, attention_mask: Tensor) -> Tensor:
     return hidden[:, 0]
 
 
-def _mask_state(hidden: Tensor, mask_pos: Tensor) -> Tensor:
+def _mask_state(hidden: Tensor, mask_pos: Tensor, attention_mask: Tensor) -> Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]
 
 
-HEADS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cls": _cls_state, "prompt": _mask_state}
+def _mean_state(hidden: Tensor, mask_pos: Tensor, attention_mask: Tensor) -> Tensor:
+    weight = attention_mask.to(hidden.dtype)[..., None]
+    pooled = (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+HEADS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {"cls": _cls_state, "prompt": _mask_state,
+                                                               "sentence": _mean_state}
 """Where each head reads its representation from the final hidden states (batch, length, d) -> (batch, d)."""
+
+TEXT_INPUT_HEADS = ("cls", "sentence")
+"""Heads whose input is the plain text (pair) with [CLS] and [SEP]; the others read the filled prompt."""
+
+SENTENCE_SCALE = 20.0
+"""The ``sentence`` head's logit scale on cosine similarities (sentence-transformers' default)."""
 
 
 class TextClassifier(nn.Module):
     """Encoder + head: ``forward`` returns the representation (batch, d) and the class logits (batch, C)."""
 
     def __init__(self, encoder: nn.Module, head: str, n_classes: int,
-                 answer_ids: Sequence[Sequence[int]] | None = None, dropout: float = 0.1) -> None:
+                 answer_ids: Sequence[Sequence[int]] | None = None, dropout: float = 0.1,
+                 special_ids: tuple[int, int, int] | None = None) -> None:
+        """``answer_ids``: each class's answer word pieces (``prompt`` and ``sentence``); ``special_ids``: the
+        tokenizer's (cls, sep, pad) ids, which the ``sentence`` head wraps the label words in."""
         super().__init__()
         if head not in HEADS:
             raise KGDataError(f"expected one of {', '.join(HEADS)}, got {head!r}", field="head")
@@ -149,7 +172,8 @@ class TextClassifier(nn.Module):
             nn.init.zeros_(self.classifier.bias)
         else:
             if answer_ids is None or len(answer_ids) != n_classes or any(not ids for ids in answer_ids):
-                raise KGDataError("the prompt head needs a non-empty answer token list per class", field="answer_ids")
+                raise KGDataError(f"the {head} head needs a non-empty answer token list per class",
+                                  field="answer_ids")
             width = max(len(ids) for ids in answer_ids)
             table = torch.zeros(n_classes, width, dtype=torch.long)
             weight = torch.zeros(n_classes, width)
@@ -158,18 +182,37 @@ class TextClassifier(nn.Module):
                 weight[c, :len(ids)] = 1.0 / len(ids)
             self.register_buffer("answer_table", table, persistent=False)
             self.register_buffer("answer_weight", weight, persistent=False)
+        if head == "sentence":
+            if special_ids is None:
+                raise KGDataError("the sentence head needs the tokenizer's (cls, sep, pad) ids", field="special_ids")
+            cls_id, sep_id, pad_id = special_ids
+            rows = [[cls_id, *ids, sep_id] for ids in answer_ids]
+            label_ids = torch.full((n_classes, width + 2), pad_id, dtype=torch.long)
+            for c, row in enumerate(rows):
+                label_ids[c, :len(row)] = torch.tensor(row)
+            self.register_buffer("label_ids", label_ids, persistent=False)
+            self.register_buffer("label_attention", (torch.arange(width + 2)[None, :] < torch.tensor(
+                [len(r) for r in rows])[:, None]).long(), persistent=False)
 
     def answer_embeddings(self) -> Tensor:
         """(C, d): each class's answer as the mean input embedding of its word pieces (tied output layer)."""
         words = self.encoder.get_input_embeddings().weight[self.answer_table]  # (C, width, d)
         return (words * self.answer_weight[..., None]).sum(dim=1)
 
+    def label_sentence_embeddings(self) -> Tensor:
+        """(C, d): the ``sentence`` head's class vectors, each label word encoded as ``[CLS] word [SEP]`` and pooled."""
+        hidden = self.encoder(input_ids=self.label_ids, attention_mask=self.label_attention,
+                              token_type_ids=torch.zeros_like(self.label_ids)).last_hidden_state
+        return _mean_state(hidden, self.label_ids.new_zeros(len(self.label_ids)), self.label_attention)
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor,
                 mask_pos: Tensor) -> tuple[Tensor, Tensor]:
         """(representation (batch, d), logits (batch, C))."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
-        rep = HEADS[self.head](hidden, mask_pos)
+        rep = HEADS[self.head](hidden, mask_pos, attention_mask)
         if self.head == "cls":
             return rep, self.classifier(self.dropout(rep))
+        if self.head == "sentence":
+            return rep, SENTENCE_SCALE * rep @ self.label_sentence_embeddings().T
         return rep, rep @ self.answer_embeddings().T

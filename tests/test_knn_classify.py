@@ -189,6 +189,41 @@ def test_prompt_head_scores_answers_through_the_tied_embeddings(tiny):
     torch.testing.assert_close(rep[0], hidden[0, feats.mask_pos[0]])
 
 
+def test_sentence_head_is_scaled_cosine_to_the_pooled_label_words(tiny):
+    from knn.text_model import SENTENCE_SCALE, collate
+
+    tok = tiny.tokenizer
+    answers = [[1000], [1001, 1002]]
+    special = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+    model = TextClassifier(tiny.model, "sentence", 2, answers, special_ids=special).eval()
+    examples = [TextExample({"premise": "a b c", "hypothesis": "d"}, 0),
+                TextExample({"premise": "e", "hypothesis": "f"}, 1)]
+    feats = encode(get_task("cb"), "sentence", examples, tok, 32)
+    assert feats.mask_pos == [-1, -1] and feats.input_ids[1] == [tok.cls_token_id, *tok("e", add_special_tokens=False)[
+        "input_ids"], tok.sep_token_id, *tok("f", add_special_tokens=False)["input_ids"], tok.sep_token_id]
+    batch = collate(feats, [0, 1])  # the second row is padded: pads must not enter the mean
+    rep, logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["mask_pos"])
+
+    def pooled(ids, types=None):
+        types = torch.tensor([types]) if types else None
+        hidden = tiny.model(input_ids=torch.tensor([ids]), token_type_ids=types).last_hidden_state[0]
+        return torch.nn.functional.normalize(hidden.mean(dim=0), dim=0)
+
+    torch.testing.assert_close(rep[1], pooled(feats.input_ids[1], feats.token_type_ids[1]))
+    labels = torch.stack([pooled([special[0], *ids, special[1]]) for ids in answers])
+    torch.testing.assert_close(logits, SENTENCE_SCALE * rep @ labels.T)
+    with pytest.raises(KGDataError, match="special_ids"):
+        TextClassifier(tiny.model, "sentence", 2, answers)
+
+
+def test_zero_shot_with_the_sentence_head(tmp_path):
+    out = run_classification(ClassifyConfig("cb", "zero-shot", seeds=(13,), encoder="tiny", epochs=1, k=4,
+                                            head="sentence", unlabeled=20, progress=False), _fake_cb(tmp_path))
+    seed = out["per_seed"]["13"]
+    assert out["head"] == "sentence" and seed["plain_training"] == "none (the zero-shot sentence model)"
+    assert all(0.0 <= out["rows"][row] <= 1.0 for row in ("plain", "knn_infer", "knn_train_infer"))
+
+
 def test_micro_f1_leaves_the_negative_class_out():
     labels = torch.tensor([0, 1, 2, 2, 0])
     pred = torch.tensor([1, 1, 2, 0, 0])
@@ -270,7 +305,7 @@ def test_cli_contract_on_hand_made_files(tmp_path, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["--task", "nope", "--setting", "few-shot"], "unknown task"),
     (["--task", "qnli", "--setting", "full"], "no full training file"),
-    (["--task", "cb", "--setting", "zero-shot", "--head", "cls"], "prompt head"),
+    (["--task", "cb", "--setting", "zero-shot", "--head", "cls"], "prompt or sentence head"),
     (["--task", "cb", "--setting", "few-shot", "--seeds", "1,1"], "distinct"),
     (["--task", "cb", "--setting", "few-shot", "--seeds", "x"], "--seeds"),
     (["--task", "cb", "--setting", "few-shot", "--lambda", "2"], "--lambda"),

@@ -16,6 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add ``knn-classify``."""
     from kg_data.catalog import DATA_ENV
     from knn.text_classify import ClassifyConfig
+    from knn.text_model import HEADS
     from knn.text_tasks import SETTINGS, task_names
 
     d = ClassifyConfig.__dataclass_fields__
@@ -32,9 +33,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help=f"folder holding sst-5/, trec/, qnli/, boolq/, cb/, semeval/ (default: ${DATA_ENV})")
     model = parser.add_argument_group("model and training")
-    model.add_argument("--head", choices=("cls", "prompt"), default=None,
+    model.add_argument("--head", choices=tuple(HEADS), default=None,
                        help="cls: [CLS] sequence classifier; prompt: mask representation, label words scored "
-                            "through the tied word embeddings (default: prompt, cls for --setting full)")
+                            "through the tied word embeddings; sentence: mean-pooled text embedding, scored by "
+                            "cosine similarity to each label word's embedding (default: prompt, cls for --setting "
+                            "full)")
     model.add_argument("--encoder", default="minilm", help="minilm (pretrained, offline) | tiny | a local "
                                                            "Hugging Face BERT-family folder")
     model.add_argument("--epochs", type=positive_int, default=None,
