@@ -14,8 +14,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo = add_command(commands, "demo",
                        "the main job: train a KG model on UMLS and compare it with PyKEEN, build E-UMLS and run every "
                        "KG editor on it (paper-layout table, plots), edit a small GPT-2 trained on UMLS facts, kNN-KGE; "
-                       "--fast: about 3 minutes on 2 CPU cores; the full sizes: about 10 (estimated)")
-    demo.add_argument("--fast", action="store_true", help="small sizes: about 3 minutes on 2 CPU cores")
+                       "--fast: about 4 minutes on 2 CPU cores; the full sizes: about 10 (estimated)")
+    demo.add_argument("--fast", action="store_true", help="small sizes: about 4 minutes on 2 CPU cores")
     demo.add_argument("--out", default="deltakg-demo", metavar="DIR",
                       help="folder for the models, the edit set, the plots (PNG) and report.json; a rerun with the "
                            "same folder reuses finished stages")
